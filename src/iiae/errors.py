@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad file, a bad config value, an unwritable folder) raises a subclass of
+:class:`IIAEError` whose message names the file or key and says what was expected. The command line turns
+these into one line on stderr and a non-zero exit status; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class IIAEError(Exception):
+    """Base class of every error caused by the user's input rather than by a bug."""
+
+
+class ConfigError(IIAEError, ValueError):
+    """A configuration file or value is wrong: unknown key, wrong type, out of range."""
+
+
+class DataError(IIAEError, ValueError):
+    """A dataset file or folder is missing, truncated or not in the expected format."""
+
+
+class CheckpointError(IIAEError, ValueError):
+    """A model or checkpoint file is missing, corrupted or belongs to another model."""
+
+
+class OutputError(IIAEError, OSError):
+    """An output folder cannot be written, or already holds something that must not be overwritten."""

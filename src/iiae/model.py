@@ -1,0 +1,186 @@
+"""The IIAE model: five encoders, two decoders, and the public API for codes and translation.
+
+Pure PyTorch (no training engine here). Typical use::
+
+    from iiae import IIAE
+    model = IIAE.from_pretrained("runs/mnist_cdcb/model")
+    shared = model.encode_shared_x(x)          # r^x(z^s | x) mean, for retrieval
+    y_fake = model.translate_x_to_y(x)         # z^y drawn from the prior
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from iiae.config import ModelConfig, _build
+from iiae.errors import CheckpointError, ConfigError
+from iiae.networks import Decoder, ExclusiveEncoder, JointSharedHead, SharedEncoder
+from iiae.objective import Gaussian, Posteriors, split_gaussian
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class IIAEOutput:
+    """What one training forward pass produces: the posteriors and the two reconstructions."""
+
+    posteriors: Posteriors
+    reconstruction_x: torch.Tensor  # p(x | z^x, z^s) with z^x ~ q(z^x|x), z^s ~ q(z^s|x,y)
+    reconstruction_y: torch.Tensor  # p(y | z^y, z^s) with z^y ~ q(z^y|y), z^s ~ q(z^s|x,y)
+
+
+class IIAE(nn.Module):
+    """Interaction Information Auto-Encoder for paired images of two domains X and Y."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.exclusive_encoder_x = ExclusiveEncoder(config.x_channels, config)  # q(z^x | x)
+        self.exclusive_encoder_y = ExclusiveEncoder(config.y_channels, config)  # q(z^y | y)
+        self.shared_encoder_x = SharedEncoder(config.x_channels, config)  # r^x(z^s | x)
+        self.shared_encoder_y = SharedEncoder(config.y_channels, config)  # r^y(z^s | y)
+        self.joint_shared_head = JointSharedHead(config)  # q(z^s | x, y)
+        self.decoder_x = Decoder(config.x_channels, config)  # p(x | z^x, z^s)
+        self.decoder_y = Decoder(config.y_channels, config)  # p(y | z^y, z^s)
+
+    # ----------------------------------------------------------------------------------------------- posteriors
+    def _gaussian(self, parameters: torch.Tensor) -> Gaussian:
+        return split_gaussian(parameters, self.config.logvar_max)
+
+    def posteriors(self, x: torch.Tensor, y: torch.Tensor) -> Posteriors:
+        """All five posteriors of a batch of pairs."""
+        features_x = self.shared_encoder_x(x)
+        features_y = self.shared_encoder_y(y)
+        return Posteriors(
+            exclusive_x=self._gaussian(self.exclusive_encoder_x(x)),
+            exclusive_y=self._gaussian(self.exclusive_encoder_y(y)),
+            shared_x=self._gaussian(self.shared_encoder_x.head(features_x)),
+            shared_y=self._gaussian(self.shared_encoder_y.head(features_y)),
+            shared_joint=self._gaussian(self.joint_shared_head(features_x, features_y)),
+        )
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> IIAEOutput:
+        """Encode a batch of pairs and reconstruct both domains from z^s of the joint encoder.
+
+        ``sample=True`` (training) uses reparameterised samples, ``sample=False`` the posterior means.
+        """
+        posteriors = self.posteriors(x, y)
+
+        def draw(gaussian: Gaussian) -> torch.Tensor:
+            return gaussian.sample(generator) if sample else gaussian.mean
+
+        shared = draw(posteriors.shared_joint)
+        return IIAEOutput(
+            posteriors=posteriors,
+            reconstruction_x=self.decoder_x(draw(posteriors.exclusive_x), shared),
+            reconstruction_y=self.decoder_y(draw(posteriors.exclusive_y), shared),
+        )
+
+    # ------------------------------------------------------------------------------------------ public codes
+    def encode_shared_x(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of r^x(z^s | x): the shared code of a domain-X image (shape [N, C, s, s])."""
+        return self._gaussian(self.shared_encoder_x.head(self.shared_encoder_x(x))).mean
+
+    def encode_shared_y(self, y: torch.Tensor) -> torch.Tensor:
+        """Mean of r^y(z^s | y): the shared code of a domain-Y image."""
+        return self._gaussian(self.shared_encoder_y.head(self.shared_encoder_y(y))).mean
+
+    def encode_exclusive_x(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of q(z^x | x): what only domain X holds (shape [N, exclusive_dim])."""
+        return self._gaussian(self.exclusive_encoder_x(x)).mean
+
+    def encode_exclusive_y(self, y: torch.Tensor) -> torch.Tensor:
+        """Mean of q(z^y | y)."""
+        return self._gaussian(self.exclusive_encoder_y(y)).mean
+
+    def decode_x(self, exclusive_x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """Mean image of p(x | z^x, z^s), in [-1, 1]."""
+        return self.decoder_x(exclusive_x, shared)
+
+    def decode_y(self, exclusive_y: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """Mean image of p(y | z^y, z^s), in [-1, 1]."""
+        return self.decoder_y(exclusive_y, shared)
+
+    def sample_exclusive(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` exclusive codes drawn from the prior N(0, I)."""
+        device = next(self.parameters()).device
+        return torch.randn(count, self.config.exclusive_dim, generator=generator, device=device)
+
+    def translate_x_to_y(
+        self, x: torch.Tensor, exclusive_y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Domain-Y images with the shared content of ``x``; z^y from the prior when ``exclusive_y`` is None."""
+        if exclusive_y is None:
+            exclusive_y = self.sample_exclusive(x.shape[0], generator)
+        return self.decode_y(exclusive_y, self.encode_shared_x(x))
+
+    def translate_y_to_x(
+        self, y: torch.Tensor, exclusive_x: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Domain-X images with the shared content of ``y``; z^x from the prior when ``exclusive_x`` is None."""
+        if exclusive_x is None:
+            exclusive_x = self.sample_exclusive(y.shape[0], generator)
+        return self.decode_x(exclusive_x, self.encode_shared_y(y))
+
+    # ------------------------------------------------------------------------------------------ save / load
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``; nothing here is ever unpickled."""
+        from iiae import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        meta = {"format_version": FORMAT_VERSION, "iiae_version": __version__, "model": asdict(self.config)}
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> IIAE:
+        """Load a model written by :meth:`save_pretrained`, checking every tensor against the config."""
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(f"model file {path} is missing; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+        try:
+            meta = json.loads(config_path.read_text(encoding="utf-8"))
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"{config_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+                )
+            config = _build(ModelConfig, meta["model"], "model")
+            config.validate()
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ConfigError) as error:
+            raise CheckpointError(f"{config_path} is not an iiae model config: {error}") from None
+        model = cls(config)
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from None
+        expected = model.state_dict()
+        for name, tensor in expected.items():
+            if name not in state:
+                raise CheckpointError(f"{weights_path}: tensor {name} is missing")
+            if state[name].shape != tensor.shape or state[name].dtype != tensor.dtype:
+                raise CheckpointError(
+                    f"{weights_path}: tensor {name} has shape {tuple(state[name].shape)} and dtype "
+                    f"{state[name].dtype}, the config expects {tuple(tensor.shape)} and {tensor.dtype}"
+                )
+        unexpected = sorted(set(state) - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{weights_path}: unexpected tensor {unexpected[0]} (a different model?)")
+        model.load_state_dict(state)
+        return model.eval()

@@ -1,0 +1,139 @@
+"""The command line end to end on a tiny run, and one clear error line for each bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iiae import IIAE
+from iiae.cli import main
+from iiae.data import write_idx
+
+TINY = ["--steps", "3", "--batch-size", "16", "--no-progress", "--set", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = subprocess.run(
+        [sys.executable, "-m", "iiae.cli", "train", "--out", str(out), *TINY],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_train_writes_every_output(tiny_run):
+    out, stdout = tiny_run
+    for name in ["config.yaml", "metrics.json", "report.md", "loss_curves.png", "translation.png",
+                 "checkpoints/last.ckpt", "model/model.safetensors", "model/config.json", "logs/metrics.csv"]:  # fmt: skip
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["test_pairs"] == 1000 and metrics["train_pairs"] == 4000
+    for direction in ("shared_x_to_y", "shared_y_to_x", "exclusive_x_to_y", "exclusive_y_to_x"):
+        assert 0.0 <= metrics["retrieval"][direction]["top1"] <= 100.0
+    assert "shared_x_to_y" in stdout and str(out) in stdout
+    report = (out / "report.md").read_text()
+    assert "translation.png" in report and "99.7" in report  # the paper's number beside ours
+    header = (out / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for term in ("l1_x", "l1_y", "kl_exclusive_x", "kl_exclusive_y", "kl_joint", "kl_joint_to_r_x", "kl_joint_to_r_y"):
+        assert f"train/{term}" in header
+    with Image.open(out / "translation.png") as image:
+        assert image.width > 400 and image.height > 400
+    IIAE.from_pretrained(out / "model")
+
+
+def test_evaluate_and_translate_a_run(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    assert main(["evaluate", str(out), "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    expected = json.loads((out / "metrics.json").read_text())["retrieval"]
+    assert json.loads((tmp_path / "m.json").read_text())["retrieval"] == expected  # same test pairs, same model
+    assert "exclusive_y_to_x" in printed
+    assert main(["translate", str(out / "model"), "--out", str(tmp_path / "t.png"), "--count", "4"]) == 0
+    assert (tmp_path / "t.png").is_file()
+
+
+def _idx_folder(tmp_path, damage: str | None = None):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 20), ("t10k", 10)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (count, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, count, dtype=np.uint8))
+    target = folder / "train-images-idx3-ubyte.gz"
+    if damage == "truncated":
+        raw = gzip.decompress(target.read_bytes())
+        target.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    elif damage == "magic":
+        raw = bytearray(gzip.decompress(target.read_bytes()))
+        raw[0:2] = b"\x12\x34"
+        target.write_bytes(gzip.compress(bytes(raw)))
+    elif damage == "missing":
+        target.unlink()
+    return folder
+
+
+def _expect_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("iiae: error:") and len(error.splitlines()) == 1, error
+    for fragment in fragments:
+        assert fragment in error, error
+
+
+@pytest.mark.parametrize("damage", ["truncated", "magic", "missing"])
+def test_bad_idx_files_are_named_and_nothing_is_written(tmp_path, capsys, damage):
+    folder = _idx_folder(tmp_path, damage)
+    out = tmp_path / "run"
+    _expect_error(
+        capsys, ["train", "--data-source", "idx", "--data-root", str(folder), "--out", str(out), *TINY],
+        "train-images-idx3-ubyte",
+    )  # fmt: skip
+    assert not out.exists()
+
+
+def test_idx_folder_that_does_not_exist(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    _expect_error(capsys, ["train", "--data-source", "idx", "--data-root", str(missing), *TINY], str(missing))
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--set", "model.no_such_key=1"], "model.no_such_key"),
+        (["--set", "loss.lambda_=-1"], "loss.lambda_ must be >= 0"),
+        (["--set", "model.image_size=0"], "model.image_size must be > 0"),
+        (["--set", "lambda"], "--set expects SECTION.KEY=VALUE"),
+        (["--steps", "0"], "train.steps must be > 0"),
+        (["--batch-size", "-2"], "train.batch_size must be > 0"),
+        (["--config", "no_such.yaml"], "no_such.yaml does not exist"),
+    ],
+)
+def test_bad_config_values(tmp_path, capsys, flags, fragment):
+    out = tmp_path / "run"
+    _expect_error(capsys, ["train", "--out", str(out), *TINY, *flags], fragment)
+    assert not out.exists()
+
+
+def test_unwritable_and_occupied_output_folders(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    _expect_error(capsys, ["train", "--out", str(a_file / "run"), *TINY], str(a_file))
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "old.txt").write_text("a previous run")
+    _expect_error(capsys, ["train", "--out", str(occupied), *TINY], "not empty")
+    assert sorted(p.name for p in occupied.iterdir()) == ["old.txt"]
+
+
+def test_evaluate_a_missing_model(tmp_path, capsys):
+    _expect_error(capsys, ["evaluate", str(tmp_path / "nothing")], "does not exist")
