@@ -80,6 +80,8 @@ def save_translation_grid(model: IIAE, x: torch.Tensor, y: torch.Tensor, path: s
 def read_logged_terms(metrics_csv: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Steps and values of every ``train/<term>`` column of a Lightning CSVLogger file."""
     series: dict[str, tuple[list[float], list[float]]] = {}
+    if not Path(metrics_csv).is_file():  # nothing was logged (a run shorter than its logging interval)
+        return {}
     with open(metrics_csv, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             for key, value in row.items():
@@ -107,6 +109,8 @@ def save_loss_curves(metrics_csv: str | Path, path: str | Path) -> Path:
         axis.tick_params(labelsize=7)
     for axis in list(axes.flat)[len(names) :]:
         axis.axis("off")
+    if not names:
+        axes[0][0].text(0, 0.5, "no loss values were logged", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -90,7 +90,7 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path | None = No
         devices=1,
         logger=CSVLogger(out_dir, name="", version="logs"),
         callbacks=[checkpoint],
-        log_every_n_steps=config.train.log_every,
+        log_every_n_steps=min(config.train.log_every, config.train.steps),  # short runs log too
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=True,
