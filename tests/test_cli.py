@@ -33,13 +33,18 @@ def tiny_run(tmp_path_factory):
 
 def test_train_writes_every_output(tiny_run):
     out, stdout = tiny_run
-    for name in ["config.yaml", "metrics.json", "report.md", "loss_curves.png", "translation.png",
-                 "checkpoints/last.ckpt", "model/model.safetensors", "model/config.json", "logs/metrics.csv"]:  # fmt: skip
+    for name in ["config.yaml", "metrics.json", "report.md", "loss_curves.png", "translation.png", "analogy.png",
+                 "traversal.png", "checkpoints/last.ckpt", "model/model.safetensors", "model/config.json",
+                 "logs/metrics.csv"]:  # fmt: skip
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["test_pairs"] == 1000 and metrics["train_pairs"] == 4000
+    assert metrics["steps"] == 3 and metrics["test_pairs"] == 1000
+    assert metrics["train_pairs"] == 3500 and metrics["validation_pairs"] == 500  # held out of the 4,000
+    assert metrics["selection"]["selected"] in ("best", "last") and metrics["selection"]["step"] <= 3
     for direction in ("shared_x_to_y", "shared_y_to_x", "exclusive_x_to_y", "exclusive_y_to_x"):
         assert 0.0 <= metrics["retrieval"][direction]["top1"] <= 100.0
+    assert metrics["translation_fidelity"]["class_accuracy"]["real_x"] > 80  # the cached digit classifier (MNIST)
+    assert metrics["leakage"]["fit_pairs"] == 3500 and 0 <= metrics["leakage"]["digit_class"]["shared_x"] <= 100
     assert "shared_x_to_y" in stdout and str(out) in stdout
     report = (out / "report.md").read_text()
     assert "translation.png" in report and "99.7" in report  # the paper's number beside ours
@@ -58,8 +63,9 @@ def test_evaluate_and_translate_a_run(tiny_run, tmp_path, capsys):
     expected = json.loads((out / "metrics.json").read_text())["retrieval"]
     assert json.loads((tmp_path / "m.json").read_text())["retrieval"] == expected  # same test pairs, same model
     assert "exclusive_y_to_x" in printed
-    assert main(["translate", str(out / "model"), "--out", str(tmp_path / "t.png"), "--count", "4"]) == 0
-    assert (tmp_path / "t.png").is_file()
+    assert main(["translate", str(out / "model"), "--out", str(tmp_path / "figures"), "--count", "4"]) == 0
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == [
+        "analogy.png", "translation.png", "traversal.png"]  # fmt: skip
 
 
 def _idx_folder(tmp_path, damage: str | None = None):

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from iiae import IIAE, ModelConfig
-from iiae.evaluation import encode_pairs, format_retrieval_table, partner_ranks, retrieval_metrics, retrieval_table
+from iiae.evaluation import (
+    encode_pairs,
+    format_retrieval_table,
+    partner_ranks,
+    reference_partner_ranks,
+    retrieval_metrics,
+    retrieval_table,
+    squared_distances,
+)
 
 
 def naive_ranks(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -33,6 +41,60 @@ def test_ranks_on_real_valued_codes():
     queries, candidates = torch.randn(40, 16, generator=generator), torch.randn(40, 16, generator=generator)
     assert torch.equal(partner_ranks(queries, candidates, 16), naive_ranks(queries, candidates))
     assert partner_ranks(candidates, candidates).eq(0).all()  # identical codes: everyone finds their partner
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 32, 100])
+def test_random_float_codes_equal_the_reference_loop(chunk_size):
+    generator = torch.Generator().manual_seed(2)
+    queries, candidates = torch.randn(61, 24, generator=generator), torch.randn(61, 24, generator=generator)
+    candidates[10] = candidates[3]  # exact duplicates: ties broken by index
+    queries[20:25] = queries[19]
+    assert torch.equal(partner_ranks(queries, candidates, chunk_size), reference_partner_ranks(queries, candidates))
+
+
+def _near_ties(count: int = 120, dimensions: int = 37) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query point, repeated; candidates = query + a signed permutation of one difference vector.
+
+    All true distances are equal; the float64 sums differ in the last bits depending on the order of the terms,
+    and the terms span four orders of magnitude around a large common offset, so |q|^2 - 2q.c + |c|^2 orders
+    many of them differently from the direct differences.
+    """
+    generator = torch.Generator().manual_seed(3)
+    query = 50.0 + 3.0 * torch.randn(dimensions, generator=generator, dtype=torch.float64)
+    scales = 10.0 ** (4.0 * torch.rand(dimensions, generator=generator, dtype=torch.float64) - 2.0)
+    difference = torch.randn(dimensions, generator=generator, dtype=torch.float64) * scales
+    candidates = torch.empty(count, dimensions, dtype=torch.float64)
+    for index in range(count):
+        signs = torch.randint(0, 2, (dimensions,), generator=generator).double() * 2 - 1
+        candidates[index] = query + difference[torch.randperm(dimensions, generator=generator)] * signs
+    return query.expand(count, dimensions).clone(), candidates
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_adversarial_near_ties_equal_the_reference_loop(chunk_size):
+    queries, candidates = _near_ties()
+    distances = squared_distances(queries[0], candidates)
+    assert 1 < len(torch.unique(distances)) < len(distances)  # exact ties and last-bit differences
+    expanded = queries[0].square().sum() - 2.0 * candidates @ queries[0] + candidates.square().sum(dim=1)
+    assert ((expanded[:, None] < expanded[None, :]) != (distances[:, None] < distances[None, :])).any()
+    assert torch.equal(partner_ranks(queries, candidates, chunk_size), reference_partner_ranks(queries, candidates))
+
+
+def test_squared_distances_of_a_row_do_not_depend_on_the_batch():
+    generator = torch.Generator().manual_seed(4)
+    queries, candidates = torch.randn(50, 300, generator=generator), torch.randn(50, 300, generator=generator)
+    whole = squared_distances(queries, candidates)
+    assert torch.equal(whole[7:8], squared_distances(queries[7:8], candidates[7:8]))
+    assert torch.equal(whole[[3, 1]], squared_distances(queries[[3, 1]], candidates[[3, 1]]))
+    assert torch.equal(squared_distances(queries[5], candidates)[5], whole[5])
+    assert torch.allclose(whole, (queries.double() - candidates.double()).square().sum(dim=1), rtol=1e-12)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="must be paired"):
+        partner_ranks(torch.zeros(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        partner_ranks(torch.tensor([[0.0], [float("nan")]]), torch.zeros(2, 1))
 
 
 def test_tie_order_is_lower_index_first():

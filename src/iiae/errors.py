@@ -26,3 +26,15 @@ class CheckpointError(IIAEError, ValueError):
 
 class OutputError(IIAEError, OSError):
     """An output folder cannot be written, or already holds something that must not be overwritten."""
+
+
+class NonFiniteError(IIAEError, ArithmeticError):
+    """A loss term or a gradient became NaN or infinite during training (see :mod:`iiae.guards`)."""
+
+
+class RunInterrupted(IIAEError):
+    """Training was stopped by SIGTERM or Ctrl-C after writing a checkpoint; ``exit_status`` is 128 + signal."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status

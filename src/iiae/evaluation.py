@@ -5,7 +5,8 @@ one domain, all test items of the other domain are ranked by squared L2 distance
 partner (same index). Good disentanglement: shared retrieval near 100 %, exclusive retrieval near chance (1/N).
 
 Ties: a candidate at exactly the partner's distance ranks before the partner when its index is smaller, which
-is the order ``argmin`` over candidates in index order gives.
+is the order ``argmin`` over candidates in index order gives. :func:`partner_ranks` (fast, chunked) returns
+exactly what the per-query loop :func:`reference_partner_ranks` returns, last-bit near-ties included.
 """
 
 from __future__ import annotations
@@ -49,26 +50,110 @@ def encode_pairs(model: IIAE, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     return PairCodes(**{name: torch.cat(chunks) for name, chunks in parts.items()})
 
 
+def squared_distances(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances of matching rows, in the reference arithmetic of the retrieval loop.
+
+    Computed in float64: differences ``candidate - query``, their squares, then the sum over dimensions by pairwise
+    halving (zero-padded to a power of two). Only elementwise operations are used, so the value for a row does
+    not depend on which other rows share the batch nor on the thread count: the per-query loop and the exact
+    re-check inside :func:`partner_ranks` produce bit-identical numbers. ``queries`` broadcasts against
+    ``candidates`` ([D] against [N, D] is one query against N candidates).
+    """
+    differences = candidates.double() - queries.double()
+    terms = differences * differences
+    width = terms.shape[-1]
+    padded = 1 << max(width - 1, 0).bit_length()
+    if padded != width:
+        terms = torch.nn.functional.pad(terms, (0, padded - width))  # + 0.0 leaves a sum of squares unchanged
+    while terms.shape[-1] > 1:
+        half = terms.shape[-1] // 2
+        terms = terms[..., :half] + terms[..., half:]
+    return terms[..., 0]
+
+
+def reference_partner_ranks(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """The plain per-query loop that :func:`partner_ranks` equals exactly (slow: N x N x D work, N x D memory).
+
+    For query i: distances to every candidate, then the number of candidates strictly closer than candidate i
+    plus those at exactly its distance with a smaller index (argmin's order over candidates in index order).
+    """
+    queries, candidates = queries.flatten(1), candidates.flatten(1)
+    ranks = torch.empty(len(queries), dtype=torch.long)
+    for index, query in enumerate(queries):
+        distances = squared_distances(query, candidates)
+        partner = distances[index]
+        ranks[index] = int((distances < partner).sum()) + int((distances[:index] == partner).sum())
+    return ranks
+
+
+def _expansion_error_bound(dimensions: int) -> float:
+    """Factor k with |expanded - reference| <= k (|q'| + |c'|)^2 for centred codes q', c' (see partner_ranks).
+
+    Standard floating-point analysis with unit roundoff u = 2^-53: a D-term dot product in any summation order
+    errs by at most gamma_D |q'||c'|; the norms by gamma_D |q'|^2 and gamma_D |c'|^2; the additions of the norms
+    and of the partner's distance, and the centring, add a few u (|q'| + |c'|)^2; the reference's pairwise sum
+    errs by at most gamma_(log2 D + 3) times the distance, itself <= (|q'| + |c'|)^2 (1 + 4u). With
+    gamma_n = n u / (1 - n u) the total stays below (D + log2 D + 12) u (|q'| + |c'|)^2, and the factor
+    2 (D + log2 D + 8) u also covers the rounding of the norms and of the bound itself.
+    """
+    depth = max(dimensions - 1, 0).bit_length()
+    return 2.0 * (dimensions + depth + 8) * 2.0**-53
+
+
 def partner_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """Rank (0 = first) of candidate i among all candidates for query i, by squared L2 distance.
 
-    Distances are computed in float64 as |q|^2 - 2 q.c + |c|^2, ``chunk_size`` queries at a time, so memory
-    stays at chunk_size x N whatever the code dimension.
+    The result equals :func:`reference_partner_ranks` (the per-query loop) exactly, ties included: a candidate
+    at exactly the partner's distance ranks before it when its index is smaller. ``chunk_size`` queries at a
+    time, both code sets centred on the candidates' mean, are compared to all candidates with the fast expansion
+    |q|^2 - 2 q.c + |c|^2 (one float64 matrix product); a candidate whose expanded distance lies within the
+    rigorous error bound of :func:`_expansion_error_bound` (taken with the largest candidate norm, one bound per
+    query) of the partner's reference distance is re-checked with :func:`squared_distances`, the loop's own
+    arithmetic. Outside the bound the expansion decides correctly, so the ranks are identical. Extra memory: a
+    float64 copy of the codes plus O(chunk_size x (N + D)).
     """
-    if queries.shape != candidates.shape:
+    if queries.ndim < 2 or queries.shape != candidates.shape:
         raise ValueError(f"queries {tuple(queries.shape)} and candidates {tuple(candidates.shape)} must be paired")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     queries, candidates = queries.double().flatten(1), candidates.double().flatten(1)
-    candidate_norms = candidates.square().sum(dim=1)
-    indices = torch.arange(len(candidates))
-    ranks = torch.empty(len(queries), dtype=torch.long)
-    for start in range(0, len(queries), chunk_size):
-        chunk = queries[start : start + chunk_size]
-        distances = chunk.square().sum(dim=1, keepdim=True) - 2.0 * chunk @ candidates.T + candidate_norms
-        partner = torch.arange(start, start + len(chunk))
-        partner_distance = distances[torch.arange(len(chunk)), partner][:, None]
-        closer = distances < partner_distance
-        tied_before = (distances == partner_distance) & (indices[None, :] < partner[:, None])
-        ranks[start : start + len(chunk)] = (closer | tied_before).sum(dim=1)
+    count, dimensions = candidates.shape
+    if count == 0:
+        return torch.empty(0, dtype=torch.long)
+    centre = candidates.mean(dim=0)
+    centred_queries, centred_candidates = queries - centre, candidates - centre
+    query_norms_sq = centred_queries.square().sum(dim=1)
+    candidate_norms_sq = centred_candidates.square().sum(dim=1)
+    if not (torch.isfinite(query_norms_sq).all() and torch.isfinite(candidate_norms_sq).all()):  # NaN and inf propagate
+        raise ValueError("codes contain NaN or infinite (or overflowing) values; retrieval needs finite codes")
+    largest_candidate_norm = candidate_norms_sq.max().sqrt()
+    # per query: bound * (|q'| + max |c'|)^2 >= the error bound of every candidate's expanded distance
+    tolerances = _expansion_error_bound(dimensions) * (query_norms_sq.sqrt() + largest_candidate_norm).square()
+    recheck_pairs = max(chunk_size, chunk_size * count // max(dimensions, 1))  # re-check memory ~ the chunk's
+    ranks = torch.empty(count, dtype=torch.long)
+    # two buffers reused by every chunk (fresh chunk-sized allocations would page-fault on every chunk)
+    gap_buffer = torch.empty(min(chunk_size, count), count, dtype=torch.float64)
+    flag_buffer = torch.empty(min(chunk_size, count), count, dtype=torch.bool)
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        partner = torch.arange(start, stop)
+        partner_distance = squared_distances(queries[start:stop], candidates[start:stop])  # reference arithmetic
+        # gap = |q'|^2 - d_partner + |c'|^2 - 2 q'.c': expanded distance minus the partner's reference distance
+        gap, flags = gap_buffer[: stop - start], flag_buffer[: stop - start]
+        torch.add(candidate_norms_sq[None, :], (query_norms_sq[start:stop] - partner_distance)[:, None], out=gap)
+        gap.addmm_(centred_queries[start:stop], centred_candidates.T, alpha=-2.0)
+        tolerance = tolerances[start:stop, None]
+        torch.lt(gap, -tolerance, out=flags)  # certainly closer than the partner
+        ranks[start:stop] = flags.view(torch.uint8).sum(dim=1, dtype=torch.int32)
+        torch.le(gap.abs_(), tolerance, out=flags)  # too close to call: re-checked exactly
+        flags[partner - start, partner] = False
+        rows, columns = flags.nonzero(as_tuple=True)
+        for first in range(0, len(rows), recheck_pairs):
+            row, column = rows[first : first + recheck_pairs], columns[first : first + recheck_pairs]
+            exact = squared_distances(queries[row + start], candidates[column])
+            reference = partner_distance[row]
+            before = (exact < reference) | ((exact == reference) & (column < row + start))
+            ranks.index_add_(0, row + start, before.long())
     return ranks
 
 

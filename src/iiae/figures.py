@@ -1,4 +1,4 @@
-"""Figures of a run: the paper's translation grid and the loss curves of every objective term."""
+"""Figures of a run: the paper's translation grid, visual analogies, latent traversals and the loss curves."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ from iiae.model import IIAE  # noqa: E402
 
 LOSS_TERMS = ("loss", "l1_x", "l1_y", "kl_exclusive_x", "kl_exclusive_y", "kl_joint", "kl_joint_to_r_x",
               "kl_joint_to_r_y")  # fmt: skip
+FIGURE_DPI = 100  # every PNG here has an exact, documented pixel size at this resolution
+CELL_PIXELS = 60  # one image cell of the analogy and traversal figures
+GAP_PIXELS = 40  # margin left of, right of and between panels, and below them
+TITLE_PIXELS = 50  # band above the panels for their titles
+TRAVERSAL_VALUES = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # prior units: N(0, 1) spans about -2..2
+
+
+def _inches(pixels: float) -> float:
+    """Figure inches giving exactly ``pixels`` at FIGURE_DPI (matplotlib truncates; half a pixel absorbs rounding)."""
+    return (pixels + 0.5) / FIGURE_DPI
 
 
 def _to_image(batch: torch.Tensor) -> np.ndarray:
@@ -51,23 +61,19 @@ def translation_rows(
 
 
 def save_image_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
-    """Save labelled rows of images (each [N, C, H, W] in [-1, 1]) as one PNG."""
+    """Save labelled rows of images (each [N, C, H, W] in [-1, 1]) as one PNG of (100 x columns + 160) by
+    (100 x rows + 40) pixels: a 100-pixel cell per image, the labels on the left, the title on top."""
     columns = rows[0][1].shape[0]
-    figure, axes = plt.subplots(
-        len(rows), columns, figsize=(1.0 * columns + 1.6, 1.0 * len(rows) + 0.4), squeeze=False
-    )
-    for row_index, (label, images) in enumerate(rows):
-        pictures = _to_image(images)
-        for column in range(columns):
-            axis = axes[row_index][column]
-            axis.imshow(pictures[column], interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-        axes[row_index][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    width, height = 100 * columns + 160, 100 * len(rows) + 40
+    figure = plt.figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
+    axis = figure.add_axes((150 / width, 10 / height, 100 * columns / width, 100 * len(rows) / height))
+    axis.imshow(_mosaic([list(images) for _, images in rows]), interpolation="nearest", aspect="auto")
+    axis.set_axis_off()
+    for index, (label, _) in enumerate(rows):
+        figure.text(145 / width, 1 - (30 + 100 * index + 50) / height, label, ha="right", va="center", fontsize=8)
     if title:
-        figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+        figure.text(0.5, 1 - 15 / height, title, ha="center", va="center", fontsize=10)
+    figure.savefig(path, dpi=FIGURE_DPI)
     plt.close(figure)
     return Path(path)
 
@@ -75,6 +81,134 @@ def save_image_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, titl
 def save_translation_grid(model: IIAE, x: torch.Tensor, y: torch.Tensor, path: str | Path, seed: int = 0) -> Path:
     """The paper's translation figure for the given pairs, saved as PNG."""
     return save_image_grid(translation_rows(model, x, y, seed=seed), path, "Cross-domain translation")
+
+
+# ---------------------------------------------------------------------------------- analogies and traversals
+def _coders(model: IIAE, domain: str):
+    if domain not in ("x", "y"):
+        raise ValueError(f"domain must be 'x' or 'y', got {domain!r}")
+    if domain == "x":
+        return model.encode_shared_x, model.encode_exclusive_x, model.decode_x
+    return model.encode_shared_y, model.encode_exclusive_y, model.decode_y
+
+
+@torch.no_grad()
+def analogy_grid(model: IIAE, content: torch.Tensor, exclusive_from: torch.Tensor, domain: str = "x") -> torch.Tensor:
+    """Visual analogies within one domain: ``[I, J, C, H, W]`` whose cell (i, j) is the image decoded from the
+    shared code of ``content[i]`` and the exclusive code of ``exclusive_from[j]`` (posterior means, eval mode).
+
+    Domain x: cell (i, j) = p(x | z^x = mean q(z^x | x_j), z^s = mean r^x(z^s | x_i)); domain y likewise.
+    """
+    encode_shared, encode_exclusive, decode = _coders(model, domain)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        shared = encode_shared(content.to(device))
+        exclusive = encode_exclusive(exclusive_from.to(device))
+        rows, columns = len(shared), len(exclusive)
+        images = decode(exclusive.repeat(rows, 1), shared.repeat_interleave(columns, dim=0))  # row-major cells
+    finally:
+        model.train(was_training)
+    return images.reshape(rows, columns, *images.shape[1:])
+
+
+@torch.no_grad()
+def traversal_grid(
+    model: IIAE, image: torch.Tensor, domain: str = "x", values: tuple[float, ...] = TRAVERSAL_VALUES
+) -> torch.Tensor:
+    """Latent traversal of one image: ``[D, V, C, H, W]`` whose cell (k, v) is decoded with the image's shared code
+    and exclusive code (posterior means), except exclusive dimension k set to ``values[v]``."""
+    encode_shared, encode_exclusive, decode = _coders(model, domain)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        image = image.to(device).reshape(1, *image.shape[-3:])
+        shared, exclusive = encode_shared(image), encode_exclusive(image)
+        dimensions, steps = exclusive.shape[1], len(values)
+        codes = exclusive.repeat(dimensions * steps, 1).reshape(dimensions, steps, dimensions)
+        setting = torch.tensor(values, dtype=codes.dtype, device=device)
+        codes[torch.arange(dimensions), :, torch.arange(dimensions)] = setting  # codes[k, v, k] = values[v]
+        images = decode(codes.reshape(-1, dimensions), shared.expand(dimensions * steps, *shared.shape[1:]))
+    finally:
+        model.train(was_training)
+    return images.reshape(dimensions, steps, *images.shape[1:])
+
+
+def panel_figure_size(panels: list[tuple[int, int]]) -> tuple[int, int]:
+    """Width and height in pixels of the PNG of side-by-side panels of (rows, columns) image cells."""
+    width = sum(columns for _, columns in panels) * CELL_PIXELS + (len(panels) + 1) * GAP_PIXELS
+    height = max(rows for rows, _ in panels) * CELL_PIXELS + TITLE_PIXELS + GAP_PIXELS
+    return width, height
+
+
+def _mosaic(cells: list[list[torch.Tensor | None]], gap: int = 2) -> np.ndarray:
+    """One RGB array of image cells ([C, H, W] in [-1, 1], or None for a blank), ``gap`` white pixels apart."""
+    sample = next(cell for row in cells for cell in row if cell is not None)
+    height, width = sample.shape[-2:]
+    mosaic = np.ones((len(cells) * (height + gap) - gap, len(cells[0]) * (width + gap) - gap, 3), dtype=np.float32)
+    for row_index, row in enumerate(cells):
+        for column_index, cell in enumerate(row):
+            if cell is not None:
+                top, left = row_index * (height + gap), column_index * (width + gap)
+                mosaic[top : top + height, left : left + width] = _to_image(cell[None])[0]
+    return mosaic
+
+
+def save_panels(panels: list[tuple[str, list[list[torch.Tensor | None]]]], path: str | Path) -> Path:
+    """Titled mosaics side by side in one PNG of exactly :func:`panel_figure_size` x FIGURE_DPI pixels."""
+    shapes = [(len(cells), len(cells[0])) for _, cells in panels]
+    width, height = panel_figure_size(shapes)
+    figure = plt.figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
+    left = GAP_PIXELS
+    for (title, cells), (rows, columns) in zip(panels, shapes):
+        bottom = height - TITLE_PIXELS - rows * CELL_PIXELS
+        box = (left / width, bottom / height, columns * CELL_PIXELS / width, rows * CELL_PIXELS / height)
+        axis = figure.add_axes(box)
+        axis.imshow(_mosaic(cells), interpolation="nearest", aspect="auto")
+        axis.set_axis_off()
+        axis.set_title(title, fontsize=8)
+        left += columns * CELL_PIXELS + GAP_PIXELS
+    figure.savefig(path, dpi=FIGURE_DPI)
+    plt.close(figure)
+    return Path(path)
+
+
+def save_analogy_grid(model: IIAE, x: torch.Tensor, y: torch.Tensor, path: str | Path) -> Path:
+    """Analogy grids of both domains in one PNG: the top border shows whose exclusive code each column takes,
+    the left border whose shared code each row takes (the diagonal reconstructs the inputs)."""
+    panels = []
+    for domain, images in (("x", x), ("y", y)):
+        grid = analogy_grid(model, images, images, domain)
+        cells: list[list[torch.Tensor | None]] = [[None, *images]]
+        cells += [[images[i], *grid[i]] for i in range(len(images))]
+        panels.append((f"{domain}: rows give z^s, columns z^{domain}", cells))
+    return save_panels(panels, path)
+
+
+def save_traversal_grid(
+    model: IIAE, x: torch.Tensor, y: torch.Tensor, path: str | Path, values: tuple[float, ...] = TRAVERSAL_VALUES
+) -> Path:
+    """Traversals of every dimension of z^x (of image ``x``) and of z^y (of ``y``), the input in the first column."""
+    panels = []
+    for domain, image in (("x", x), ("y", y)):
+        grid = traversal_grid(model, image, domain, values)
+        cells: list[list[torch.Tensor | None]] = [[image.reshape(grid.shape[2:]), *row] for row in grid]
+        panels.append((f"{domain}: row k sets z^{domain}_k to {values[0]:g}..{values[-1]:g}", cells))
+    return save_panels(panels, path)
+
+
+def save_figures(model: IIAE, x: torch.Tensor, y: torch.Tensor, folder: str | Path, seed: int = 0) -> list[Path]:
+    """translation.png, analogy.png and traversal.png of test pairs (x, y) into ``folder`` (the main job's and
+    ``iiae translate``'s figures); the analogy uses the first 6 pairs, the traversals the first pair."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        save_translation_grid(model, x, y, folder / "translation.png", seed=seed),
+        save_analogy_grid(model, x[:6], y[:6], folder / "analogy.png"),
+        save_traversal_grid(model, x[0], y[0], folder / "traversal.png"),
+    ]
 
 
 def read_logged_terms(metrics_csv: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

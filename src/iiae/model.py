@@ -21,7 +21,7 @@ from torch import nn
 
 from iiae.config import ModelConfig, _build
 from iiae.errors import CheckpointError, ConfigError
-from iiae.networks import Decoder, ExclusiveEncoder, JointSharedHead, SharedEncoder
+from iiae.networks import build_networks
 from iiae.objective import Gaussian, Posteriors, split_gaussian
 
 FORMAT_VERSION = 1
@@ -45,13 +45,14 @@ class IIAE(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.exclusive_encoder_x = ExclusiveEncoder(config.x_channels, config)  # q(z^x | x)
-        self.exclusive_encoder_y = ExclusiveEncoder(config.y_channels, config)  # q(z^y | y)
-        self.shared_encoder_x = SharedEncoder(config.x_channels, config)  # r^x(z^s | x)
-        self.shared_encoder_y = SharedEncoder(config.y_channels, config)  # r^y(z^s | y)
-        self.joint_shared_head = JointSharedHead(config)  # q(z^s | x, y)
-        self.decoder_x = Decoder(config.x_channels, config)  # p(x | z^x, z^s)
-        self.decoder_y = Decoder(config.y_channels, config)  # p(y | z^y, z^s)
+        networks = build_networks(config)  # config.architecture picks the builder (networks.ARCHITECTURES)
+        self.exclusive_encoder_x = networks.exclusive_encoder_x  # q(z^x | x)
+        self.exclusive_encoder_y = networks.exclusive_encoder_y  # q(z^y | y)
+        self.shared_encoder_x = networks.shared_encoder_x  # r^x(z^s | x)
+        self.shared_encoder_y = networks.shared_encoder_y  # r^y(z^s | y)
+        self.joint_shared_head = networks.joint_shared_head  # q(z^s | x, y)
+        self.decoder_x = networks.decoder_x  # p(x | z^x, z^s)
+        self.decoder_y = networks.decoder_y  # p(y | z^y, z^s)
 
     # ----------------------------------------------------------------------------------------------- posteriors
     def _gaussian(self, parameters: torch.Tensor) -> Gaussian:
@@ -70,16 +71,22 @@ class IIAE(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> IIAEOutput:
         """Encode a batch of pairs and reconstruct both domains from z^s of the joint encoder.
 
-        ``sample=True`` (training) uses reparameterised samples, ``sample=False`` the posterior means.
+        ``sample=True`` (training) uses reparameterised samples, ``sample=False`` the posterior means. ``shard``:
+        (rank, processes) when the batch is one process's block of a global batch (see Gaussian.sample).
         """
         posteriors = self.posteriors(x, y)
 
         def draw(gaussian: Gaussian) -> torch.Tensor:
-            return gaussian.sample(generator) if sample else gaussian.mean
+            return gaussian.sample(generator, shard) if sample else gaussian.mean
 
         shared = draw(posteriors.shared_joint)
         return IIAEOutput(
@@ -163,9 +170,10 @@ class IIAE(nn.Module):
                 )
             config = _build(ModelConfig, meta["model"], "model")
             config.validate()
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ConfigError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ConfigError) as error:
             raise CheckpointError(f"{config_path} is not an iiae model config: {error}") from None
-        model = cls(config)
+        with torch.device("meta"):  # shapes only: an absurd config allocates nothing before the check below
+            model = cls(config)
         try:
             state = load_file(str(weights_path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as error:
@@ -182,5 +190,8 @@ class IIAE(nn.Module):
         unexpected = sorted(set(state) - set(expected))
         if unexpected:
             raise CheckpointError(f"{weights_path}: unexpected tensor {unexpected[0]} (a different model?)")
-        model.load_state_dict(state)
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"{weights_path}: tensor {name} holds NaN or Inf values")
+        model.load_state_dict(state, assign=True)
         return model.eval()

@@ -7,9 +7,27 @@ batch norm and ReLU in the decoders, tanh output in [-1, 1].
 The shared code z^s is a *spatial* map (``shared_channels`` x s x s): cross-domain retrieval must identify the
 exact partner of an image, so the shared code keeps the layout of the content it describes, as in the official
 code (8x8x128 at 256x256). The exclusive codes z^x, z^y are flat vectors, tiled over the map in the decoders.
+
+Three architectures, chosen by ``model.architecture`` through :data:`ARCHITECTURES`:
+
+- ``small`` (default): each encoder block is conv -> batch norm -> LeakyReLU (no batch norm after the first
+  conv); the heads see activated features.
+- ``official``: the order of the official 256x256 network, batch norm and LeakyReLU 0.2 *before* each conv
+  but the first (pre-activation), so the trunk hands raw conv outputs to the heads, which normalise and
+  activate them first; the same holds for the joint head and for the dense head of the exclusive encoders.
+  With the widths of ``configs/facades.yaml`` it has 16,800,934 trainable parameters.
+- ``official_flat`` (Cars): the official order with a *flat* shared code of ``shared_channels`` dimensions,
+  two dense layers (``flat_hidden`` wide) on the conv trunks of r^x, r^y and q(z^s|x,y); the decoders first
+  map z^s with a dense layer to a ``shared_channels`` x s x s map, then proceed as the spatial decoders.
+
+The spatial decoders are the same in all three: transposed conv -> batch norm -> dropout (first two layers,
+``decoder_dropout``) -> ReLU, tanh output.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,11 +56,30 @@ def _up(in_channels: int, out_channels: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def conv_trunk(in_channels: int, widths: list[int]) -> nn.Sequential:
-    """Stack of stride-2 blocks; the first has no batch norm (as in the official code)."""
+def _pre_activation(channels: int) -> nn.Sequential:
+    """Batch norm and LeakyReLU 0.2 applied to a conv output before the next layer (official order)."""
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.LeakyReLU(0.2))
+
+
+def _pre_activated_down(in_channels: int, out_channels: int, first: bool) -> nn.Sequential:
+    """Batch norm and LeakyReLU 0.2 (except before the first conv, which sees the image), then a 4x4 stride-2 conv."""
+    layers: list[nn.Module] = [] if first else list(_pre_activation(in_channels))
+    layers.append(nn.Conv2d(in_channels, out_channels, 4, 2, 1))
+    return nn.Sequential(*layers)
+
+
+def conv_trunk(in_channels: int, widths: list[int], pre_activation: bool = False) -> nn.Sequential:
+    """Stack of stride-2 blocks; the first has no batch norm (as in the official code).
+
+    ``pre_activation`` puts batch norm and LeakyReLU before each conv but the first (the official order), so
+    the trunk's output is a raw conv output.
+    """
     blocks, channels = [], in_channels
     for index, width in enumerate(widths):
-        blocks.append(_down(channels, width, batch_norm=index > 0))
+        if pre_activation:
+            blocks.append(_pre_activated_down(channels, width, first=index == 0))
+        else:
+            blocks.append(_down(channels, width, batch_norm=index > 0))
         channels = width
     return nn.Sequential(*blocks)
 
@@ -54,10 +91,12 @@ class SharedEncoder(nn.Module):
     spatial shared map with one more 4x4 stride-2 convolution.
     """
 
-    def __init__(self, in_channels: int, config: ModelConfig) -> None:
+    def __init__(self, in_channels: int, config: ModelConfig, pre_activation: bool = False) -> None:
         super().__init__()
-        self.trunk = conv_trunk(in_channels, config.encoder_widths)
-        self.head = nn.Conv2d(config.encoder_widths[-1], 2 * config.shared_channels, 4, 2, 1)
+        width = config.encoder_widths[-1]
+        self.trunk = conv_trunk(in_channels, config.encoder_widths, pre_activation)
+        head = nn.Conv2d(width, 2 * config.shared_channels, 4, 2, 1)
+        self.head = nn.Sequential(*_pre_activation(width), head) if pre_activation else head
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.trunk(image)
@@ -66,10 +105,11 @@ class SharedEncoder(nn.Module):
 class JointSharedHead(nn.Module):
     """q(z^s | x, y): one stride-2 convolution over the concatenated hidden features of r^x and r^y."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, pre_activation: bool = False) -> None:
         super().__init__()
         width = config.encoder_widths[-1]
-        self.head = nn.Conv2d(2 * width, 2 * config.shared_channels, 4, 2, 1)
+        head = nn.Conv2d(2 * width, 2 * config.shared_channels, 4, 2, 1)
+        self.head = nn.Sequential(*_pre_activation(2 * width), head) if pre_activation else head
 
     def forward(self, features_x: torch.Tensor, features_y: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([features_x, features_y], dim=1))
@@ -78,14 +118,16 @@ class JointSharedHead(nn.Module):
 class ExclusiveEncoder(nn.Module):
     """q(z^x | x) or q(z^y | y): conv trunk and a dense head to the mean and log-variance of a flat code."""
 
-    def __init__(self, in_channels: int, config: ModelConfig) -> None:
+    def __init__(self, in_channels: int, config: ModelConfig, pre_activation: bool = False) -> None:
         super().__init__()
-        self.trunk = conv_trunk(in_channels, config.exclusive_widths)
+        width = config.exclusive_widths[-1]
+        self.trunk = conv_trunk(in_channels, config.exclusive_widths, pre_activation)
+        self.activation = _pre_activation(width) if pre_activation else nn.Identity()
         side = config.image_size // 2 ** len(config.exclusive_widths)
-        self.head = nn.Linear(config.exclusive_widths[-1] * side * side, 2 * config.exclusive_dim)
+        self.head = nn.Linear(width * side * side, 2 * config.exclusive_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(image).flatten(1))
+        return self.head(self.activation(self.trunk(image)).flatten(1))
 
 
 class Decoder(nn.Module):
@@ -105,3 +147,111 @@ class Decoder(nn.Module):
         side = shared.shape[-1]
         tiled = exclusive[:, :, None, None].expand(-1, -1, side, side)
         return self.layers(torch.cat([shared, tiled], dim=1))
+
+
+def _flat_head(in_features: int, config: ModelConfig) -> nn.Sequential:
+    """Two dense layers from flattened (pre-activated) conv features to the mean and log-variance of a flat z^s."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, config.flat_hidden),
+        nn.BatchNorm1d(config.flat_hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(config.flat_hidden, 2 * config.shared_channels),
+    )
+
+
+def _trunk_features(config: ModelConfig) -> tuple[int, int]:
+    """Channels and side of the conv trunk's output of a shared encoder."""
+    return config.encoder_widths[-1], config.image_size // 2 ** len(config.encoder_widths)
+
+
+class FlatSharedEncoder(SharedEncoder):
+    """r(z^s | image) with a flat shared code: the official trunk, then batch norm, LeakyReLU and two dense layers."""
+
+    def __init__(self, in_channels: int, config: ModelConfig) -> None:
+        super().__init__(in_channels, config, pre_activation=True)
+        width, side = _trunk_features(config)
+        self.head = nn.Sequential(*_pre_activation(width), _flat_head(width * side * side, config))
+
+
+class FlatJointSharedHead(JointSharedHead):
+    """q(z^s | x, y) with a flat shared code: two dense layers over the concatenated trunk features."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, pre_activation=True)
+        width, side = _trunk_features(config)
+        self.head = nn.Sequential(*_pre_activation(2 * width), _flat_head(2 * width * side * side, config))
+
+
+class FlatDecoder(Decoder):
+    """p(image | z^exclusive, z^s) for a flat z^s: a dense layer to a spatial map, then the spatial decoder."""
+
+    def __init__(self, out_channels: int, config: ModelConfig) -> None:
+        super().__init__(out_channels, config)
+        self.side, self.channels = config.shared_size, config.shared_channels
+        self.to_map = nn.Sequential(nn.Linear(self.channels, self.channels * self.side**2), nn.ReLU())
+
+    def forward(self, exclusive: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        shared_map = self.to_map(shared).view(-1, self.channels, self.side, self.side)
+        return super().forward(exclusive, shared_map)
+
+
+@dataclass
+class Networks:
+    """The seven networks of one IIAE model, named as the attributes of :class:`iiae.IIAE`."""
+
+    exclusive_encoder_x: ExclusiveEncoder  # q(z^x | x)
+    exclusive_encoder_y: ExclusiveEncoder  # q(z^y | y)
+    shared_encoder_x: SharedEncoder  # r^x(z^s | x)
+    shared_encoder_y: SharedEncoder  # r^y(z^s | y)
+    joint_shared_head: JointSharedHead  # q(z^s | x, y)
+    decoder_x: Decoder  # p(x | z^x, z^s)
+    decoder_y: Decoder  # p(y | z^y, z^s)
+
+
+def _networks(config: ModelConfig, pre_activation: bool) -> Networks:
+    return Networks(
+        exclusive_encoder_x=ExclusiveEncoder(config.x_channels, config, pre_activation),
+        exclusive_encoder_y=ExclusiveEncoder(config.y_channels, config, pre_activation),
+        shared_encoder_x=SharedEncoder(config.x_channels, config, pre_activation),
+        shared_encoder_y=SharedEncoder(config.y_channels, config, pre_activation),
+        joint_shared_head=JointSharedHead(config, pre_activation),
+        decoder_x=Decoder(config.x_channels, config),
+        decoder_y=Decoder(config.y_channels, config),
+    )
+
+
+def small_networks(config: ModelConfig) -> Networks:
+    """conv -> batch norm -> LeakyReLU blocks (the default, used by the MNIST-CDCB configs)."""
+    return _networks(config, pre_activation=False)
+
+
+def official_networks(config: ModelConfig) -> Networks:
+    """The official 256x256 order: batch norm and LeakyReLU before each conv but the first."""
+    return _networks(config, pre_activation=True)
+
+
+def official_flat_networks(config: ModelConfig) -> Networks:
+    """The official order with a flat shared code of ``shared_channels`` dimensions (the paper's Cars variant)."""
+    return Networks(
+        exclusive_encoder_x=ExclusiveEncoder(config.x_channels, config, pre_activation=True),
+        exclusive_encoder_y=ExclusiveEncoder(config.y_channels, config, pre_activation=True),
+        shared_encoder_x=FlatSharedEncoder(config.x_channels, config),
+        shared_encoder_y=FlatSharedEncoder(config.y_channels, config),
+        joint_shared_head=FlatJointSharedHead(config),
+        decoder_x=FlatDecoder(config.x_channels, config),
+        decoder_y=FlatDecoder(config.y_channels, config),
+    )
+
+
+#: ``model.architecture`` -> builder of the seven networks.
+ARCHITECTURES: dict[str, Callable[[ModelConfig], Networks]] = {
+    "small": small_networks,
+    "official": official_networks,
+    "official_flat": official_flat_networks,
+}
+
+
+def build_networks(config: ModelConfig) -> Networks:
+    """The networks of ``config.architecture`` (a key of :data:`ARCHITECTURES`)."""
+    return ARCHITECTURES[config.architecture](config)

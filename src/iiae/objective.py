@@ -18,8 +18,10 @@ ELBO is weighted by beta instead of 1 and its KL terms are annealed; :func:`iiae
          + lambda * (KL[q(z^s|x,y) || r^x(z^s|x)] + KL[q(z^s|x,y) || r^y(z^s|y)])
 
 with a(t) = 1 - exp(-t / T). The L1 term is the mean absolute error (a Laplace log-likelihood up to scale and
-constant); each KL is summed over latent dimensions and averaged over the batch. With beta = 1 and a = 1 the
-loss is the negated objective of the paper (up to the likelihood's scale).
+constant); with ``LossConfig.reconstruction = "mse"`` it is the mean squared error instead (a Gaussian
+likelihood, as the official zero-shot sketch retrieval model), returned as ``mse_x`` and ``mse_y``. Each KL is
+summed over latent dimensions and averaged over the batch. With beta = 1 and a = 1 the loss is the negated
+objective of the paper (up to the likelihood's scale).
 """
 
 from __future__ import annotations
@@ -39,16 +41,29 @@ class Gaussian:
     mean: torch.Tensor
     logvar: torch.Tensor
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised sample mean + exp(logvar / 2) * eps, differentiable in mean and logvar."""
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Reparameterised sample mean + exp(logvar / 2) * eps, differentiable in mean and logvar.
+
+        ``shard = (rank, world)``: this batch is block ``rank`` of a global batch of ``world`` such blocks (DDP);
+        eps is drawn for the whole global batch and sliced, so every pair gets the noise one process would draw.
+        """
+        rank, world = shard
+        count = len(self.mean)
+        shape = (world * count, *self.mean.shape[1:])
+        noise = torch.randn(shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        noise = noise[rank * count : (rank + 1) * count] if world > 1 else noise
         return self.mean + torch.exp(0.5 * self.logvar) * noise
 
 
+# Floor of every log-variance (sigma ~ 3e-7): below about -88, exp(-logvar) overflows float32 and KL[q || r]
+# becomes inf or NaN (0 * inf); -30 keeps every KL finite, for means up to ~1e6, without touching trained values.
+LOGVAR_MIN = -30.0
+
+
 def split_gaussian(parameters: torch.Tensor, logvar_max: float) -> Gaussian:
-    """Split an encoder output along dim 1 into mean and log-variance; clamp the log-variance from above."""
+    """Split an encoder output along dim 1 into mean and log-variance; clamp it to [LOGVAR_MIN, logvar_max]."""
     mean, logvar = parameters.chunk(2, dim=1)
-    return Gaussian(mean, logvar.clamp(max=logvar_max))
+    return Gaussian(mean, logvar.clamp(min=LOGVAR_MIN, max=logvar_max))
 
 
 def _sum_latent(values: torch.Tensor) -> torch.Tensor:
@@ -97,14 +112,19 @@ def iiae_loss(
 ) -> dict[str, torch.Tensor]:
     """Every term of the IIAE loss and their weighted sum under ``"loss"`` (the quantity to minimise).
 
-    Returns unweighted terms (``l1_x``, ``l1_y``, ``kl_exclusive_x``, ``kl_exclusive_y``, ``kl_joint``,
-    ``kl_joint_to_r_x``, ``kl_joint_to_r_y``), the annealing factor ``kl_annealing`` and ``loss``.
+    Returns unweighted terms (``l1_x``, ``l1_y``, or ``mse_x``, ``mse_y`` when ``config.reconstruction`` is
+    ``"mse"``; ``kl_exclusive_x``, ``kl_exclusive_y``, ``kl_joint``, ``kl_joint_to_r_x``, ``kl_joint_to_r_y``), the
+    annealing factor ``kl_annealing`` and ``loss``.
     """
     beta, lambda_, w = config.beta, config.lambda_, config.reconstruction_weight
     anneal = kl_annealing(step, config.kl_anneal_steps)
 
-    l1_x = (reconstruction_x - x).abs().mean()  # -E[log p(x | z^x, z^s)] up to scale and constant
-    l1_y = (reconstruction_y - y).abs().mean()  # -E[log p(y | z^y, z^s)]
+    if config.reconstruction == "mse":  # Gaussian likelihood: the ZS-SBIR feature model (terms mse_x, mse_y)
+        l1_x = (reconstruction_x - x).square().mean()
+        l1_y = (reconstruction_y - y).square().mean()
+    else:
+        l1_x = (reconstruction_x - x).abs().mean()  # -E[log p(x | z^x, z^s)] up to scale and constant
+        l1_y = (reconstruction_y - y).abs().mean()  # -E[log p(y | z^y, z^s)]
     kl_exclusive_x = kl_to_standard_normal(posteriors.exclusive_x)  # KL[q(z^x|x) || p(z^x)]
     kl_exclusive_y = kl_to_standard_normal(posteriors.exclusive_y)  # KL[q(z^y|y) || p(z^y)]
     kl_joint = kl_to_standard_normal(posteriors.shared_joint)  # KL[q(z^s|x,y) || p(z^s)]
@@ -117,10 +137,11 @@ def iiae_loss(
         + anneal * beta * kl_joint
         + lambda_ * (kl_joint_to_r_x + kl_joint_to_r_y)
     )
+    names = ("mse_x", "mse_y") if config.reconstruction == "mse" else ("l1_x", "l1_y")
     return {
         "loss": loss,
-        "l1_x": l1_x,
-        "l1_y": l1_y,
+        names[0]: l1_x,
+        names[1]: l1_y,
         "kl_exclusive_x": kl_exclusive_x,
         "kl_exclusive_y": kl_exclusive_y,
         "kl_joint": kl_joint,

@@ -8,24 +8,39 @@ import yaml
 
 from iiae.config import ExperimentConfig
 from iiae.evaluation import format_retrieval_table
+from iiae.measures import measures_markdown
+from iiae.selection import selection_markdown
 
 # Paper keys in configs (``paper:`` section) and the retrieval direction they compare with.
 PAPER_KEYS = {"shared_x_to_y": "iiae_x_to_y", "shared_y_to_x": "iiae_y_to_x"}
+# Methods of the paper's tables, in column order; a config's ``<method>_x_to_y`` keys add a column each.
+PAPER_METHODS = {"iiae": "IIAE", "cddn": "CdDN", "drit": "DRIT"}
+
+
+def paper_methods(paper: dict) -> list[str]:
+    """Methods with numbers in a config's ``paper`` section: IIAE first, then the baselines (CdDN, DRIT, ...)."""
+    found = {key.rsplit("_x_to_y", 1)[0] for key in paper if key.endswith("_x_to_y")}
+    found |= {key.rsplit("_y_to_x", 1)[0] for key in paper if key.endswith("_y_to_x")}
+    return [m for m in PAPER_METHODS if m in found] + sorted(found - set(PAPER_METHODS))
 
 
 def retrieval_markdown(metrics: dict) -> str:
-    """Markdown table of the four retrieval directions, with the paper's IIAE number where the config has one."""
+    """Markdown table of the four retrieval directions, with the paper's numbers (IIAE and baselines) beside."""
     paper = metrics.get("paper", {})
+    methods = paper_methods(paper) or ["iiae"]
+    names = " | ".join(f"paper ({PAPER_METHODS.get(m, m)}) top-1 %" for m in methods)
     lines = [
-        "| direction | top-1 % | hits | recall@5 % | recall@10 % | median rank | paper (IIAE) top-1 % |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| direction | top-1 % | hits | recall@5 % | recall@10 % | median rank | {names} |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(methods),
     ]
     for direction, row in metrics["retrieval"].items():
-        reference = paper.get(PAPER_KEYS.get(direction, ""), None)
+        suffix = PAPER_KEYS.get(direction, "").removeprefix("iiae")
+        references = [paper.get(f"{m}{suffix}") if suffix else None for m in methods]
         lines.append(
             f"| {direction} | {row['top1']:.2f} | {row['hits']}/{row['count']} | {row['recall_at_5']:.2f} | "
             f"{row['recall_at_10']:.2f} | {row['median_rank']:.1f} | "
-            f"{'' if reference is None else f'{reference:.1f}'} |"
+            + " | ".join("" if r is None else f"{r:.1f}" for r in references)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -36,7 +51,8 @@ def write_report(config: ExperimentConfig, metrics: dict, out_dir: str | Path) -
     count = metrics["test_pairs"]
     text = f"""# IIAE run: {config.name}
 
-Data: {metrics['data_source']}; {metrics['train_pairs']} training pairs, {metrics['test_pairs']} test pairs.
+Data: {metrics['data_source']}; {metrics['train_pairs']} training pairs, {metrics.get('validation_pairs', 0)} validation
+pairs (held out of training, for model selection), {metrics['test_pairs']} test pairs.
 Training: {metrics['steps']} steps in {metrics['training_seconds']:.0f} s ({metrics['threads']} threads,
 torch {metrics['torch']}); {metrics['parameters']:,} parameters.
 
@@ -51,6 +67,7 @@ Shared codes (r^x, r^y means) should find the partner; exclusive codes (q(z^x|x)
 {format_retrieval_table(metrics['retrieval'])}
 ```
 
+{selection_markdown(metrics.get('selection'))}
 ## Translation
 
 Rows: input x; X→Y with r^x(x)'s mean and three z^y drawn from the prior; X→Y with z^y of the paired y;
@@ -58,6 +75,19 @@ then the same from y to X.
 
 ![translation](translation.png)
 
+## Visual analogies and latent traversals
+
+Analogies, one grid per domain: cell (i, j) decodes the shared code of the image left of row i with the exclusive
+code of the image above column j (the diagonal reconstructs the inputs). Traversals: row k sets dimension k of
+the exclusive code of the first test image from -2 to 2 (prior units), its shared code fixed; the input is on
+the left. Exclusive dimensions should change only what belongs to one domain (MNIST-CDCB: a colour), never the
+shared content (the digit).
+
+![analogies](analogy.png)
+
+![traversals](traversal.png)
+
+{measures_markdown(metrics)}
 ## Loss terms
 
 ![loss curves](loss_curves.png)

@@ -9,13 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from iiae.config import DataConfig, ExperimentConfig, config_from_dict
+from iiae.errors import ConfigError
 from iiae.data import PairedImages, load_digits, make_cdcb
 from iiae.model import IIAE
 from iiae.objective import iiae_loss
+from iiae.resume import ResumableDataLoader, collect_rng_states, restore_rng_states
 
 
 class PairDataset(Dataset):
@@ -30,43 +33,85 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[index], self.y[index]
 
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch by one index per tensor (the DataLoader's batched fetch; see :func:`whole_batch`)."""
+        index = torch.as_tensor(indices)
+        return self.x[index], self.y[index]
+
+
+def whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate of :class:`PairDataset`: ``__getitems__`` already built the batch (no per-pair stacking)."""
+    return batch
+
 
 @dataclass
 class PairedSplits:
-    """Train and test pairs of one dataset, with a description of where they came from."""
+    """Train, test and (optional) validation pairs of one dataset, with a description of where they came from.
+
+    ``validation`` pairs are never training pairs (they are held out of them, or a separate folder); model
+    selection (:mod:`iiae.selection`) measures on them so that the test pairs stay untouched until the end.
+    """
 
     train: PairedImages
     test: PairedImages
     source: str
+    validation: PairedImages | None = None
+
+
+def held_out_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out) sorted indices of ``count`` items: ``round(fraction * count)`` held out, chosen by the
+    permutation ``numpy.random.default_rng(seed)`` draws (the same rule as the image datasets of iiae.datasets)."""
+    held = int(round(fraction * count)) if count > 1 else 0
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
 def build_cdcb_splits(data: DataConfig, image_size: int) -> PairedSplits:
-    """MNIST-CDCB (or Fashion-MNIST-CDCB) train and test pairs; train and test colours use different seeds."""
+    """MNIST-CDCB (or Fashion-MNIST-CDCB) train, validation and test pairs.
+
+    Train and test colours use different seeds; ``data.validation_fraction`` of the training pairs (by
+    ``data.split_seed``) are held out as validation pairs, disjoint from the pairs trained on. The test pairs do
+    not depend on the validation split.
+    """
     dataset = "fashion_mnist" if data.dataset == "fashion_mnist_cdcb" else "mnist"
     digits = load_digits(data.source, data.root, dataset=dataset, split_seed=data.split_seed)
+    train = make_cdcb(digits.train_images, digits.train_labels, size=image_size, seed=2 * data.colour_seed)
+    kept, held = held_out_indices(len(train), data.validation_fraction, data.split_seed)
+    if not kept:
+        raise ConfigError(f"data.validation_fraction = {data.validation_fraction} leaves no training pairs")
     return PairedSplits(
-        train=make_cdcb(digits.train_images, digits.train_labels, size=image_size, seed=2 * data.colour_seed),
+        train=train.subset(kept) if held else train,
         test=make_cdcb(digits.test_images, digits.test_labels, size=image_size, seed=2 * data.colour_seed + 1),
         source=digits.source,
+        validation=train.subset(held) if held else None,
     )
 
 
 class PairedDataModule(L.LightningDataModule):
-    """Shuffled training batches of paired images (the last incomplete batch is dropped)."""
+    """Shuffled training batches of paired images (the last incomplete batch is dropped).
+
+    ``batch_size`` is the global batch; under DDP each process loads its block of batch_size / processes pairs.
+    """
 
     def __init__(self, splits: PairedSplits, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            PairDataset(self.splits.train),
-            batch_size=self.batch_size,
-            shuffle=True,
+        train = self.splits.train  # lazy image datasets are Datasets already; in-memory pairs get wrapped
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if world > 1 and len(train) < self.batch_size:  # every process would get an empty epoch
+            raise ConfigError(f"{len(train)} training pairs are fewer than the global batch ({self.batch_size})")
+        extra = {} if isinstance(train, Dataset) else {"collate_fn": whole_batch}  # in memory: one index per batch
+        return ResumableDataLoader(  # order = f(seed, epoch); Lightning saves the position for --resume
+            train if isinstance(train, Dataset) else PairDataset(train),
+            batch_size=self.batch_size // world,
+            seed=self.seed,
+            rank=rank,
+            world=world,
             drop_last=len(self.splits.train) >= self.batch_size,
+            **extra,
             num_workers=self.num_workers,
-            generator=generator,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -79,10 +124,20 @@ class IIAELightning(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.config: ExperimentConfig = config_from_dict(config)
         self.model = IIAE(self.config.model)
+        self.rng_at_build = collect_rng_states()  # see on_train_start
+
+    def on_train_start(self) -> None:
+        """Put the random generators back as they were once the model was built: Lightning's DDP re-seeds them
+        meanwhile, a single process does not; the first step then draws the same noise with any number of
+        processes. (A resumed run restores its checkpoint's generators afterwards; iiae.checkpointing.)"""
+        restore_rng_states(self.rng_at_build)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_index: int) -> torch.Tensor:
         x, y = batch
-        output = self.model(x, y, sample=True)
+        if self.config.train.channels_last:  # opt-in (GPU): NHWC convolutions
+            x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        output = self.model(x, y, sample=True, shard=(self.global_rank, world))  # DDP: this process's noise rows
         terms = iiae_loss(
             x,
             y,
@@ -92,8 +147,11 @@ class IIAELightning(L.LightningModule):
             self.config.loss,
             step=self.global_step,
         )
-        self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, prog_bar=False)
-        self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False)
+        self.last_terms = {name: value.detach() for name, value in terms.items()}  # read by guards.NonFiniteGuard
+        synced = world > 1  # the mean over processes is the global batch's mean (equal blocks)
+        logged = {f"train/{name}": value for name, value in self.last_terms.items()}
+        self.log_dict(logged, prog_bar=False, sync_dist=synced)
+        self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, sync_dist=synced)
         return terms["loss"]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

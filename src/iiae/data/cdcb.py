@@ -54,6 +54,17 @@ class PairedImages:
         """Number of image pairs."""
         return len(self.labels)
 
+    def subset(self, indices: list[int] | torch.Tensor) -> PairedImages:
+        """The pairs at ``indices`` (e.g. validation pairs held out of the training pairs), with their labels."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return PairedImages(
+            x=self.x[index],
+            y=self.y[index],
+            labels=self.labels[index],
+            background_colour_x=self.background_colour_x[index],
+            digit_colour_y=self.digit_colour_y[index],
+        )
+
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     """Convert ``[..., 3]`` HSV values in [0, 1] (hue in [0, 1) turns) to RGB in [0, 1], vectorised."""

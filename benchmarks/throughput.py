@@ -1,0 +1,162 @@
+"""Training throughput of IIAE: pairs per second, FLOPs per step, and utilisation of the measured GEMM peak.
+
+    python benchmarks/throughput.py                       # default 32x32 model, batch 64, CPU
+    python benchmarks/throughput.py --steps 30 --json out.json
+    python benchmarks/throughput.py --config facades --synthetic --batch-size 8   # official 256x256 model
+
+Three measurements in one process:
+1. the fp32 matrix-multiply peak of this machine (a square GEMM, best of several runs);
+2. the model's training step (forward, loss, backward, Adam) on pre-built tensors: pairs/s, FLOPs per step
+   counted by ``torch.utils.flop_counter.FlopCounterMode``, achieved GFLOP/s and the utilisation ratio;
+3. the same step fed by the real data loader (the run's ``PairedDataModule``): the data-path ratio
+   loader/tensors, which should stay at or above 0.9. Rounds of tensor-fed and loader-fed steps alternate and
+   the best round of each is kept, so that the load of a shared machine does not favour either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import time
+from datetime import date
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from iiae.cli import build_config
+from iiae.data import PairedImages
+from iiae.datasets import build_splits
+from iiae.model import IIAE
+from iiae.objective import iiae_loss
+from iiae.training import PairedDataModule, PairedSplits
+
+
+def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of a square matrix multiply."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def make_step(model: IIAE, config):
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+
+    def step(x: torch.Tensor, y: torch.Tensor, index: int) -> None:
+        output = model(x, y)
+        terms = iiae_loss(x, y, output.reconstruction_x, output.reconstruction_y, output.posteriors, config.loss, index)
+        optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimiser.step()
+
+    return step
+
+
+def flops_per_step(model: IIAE, config, x: torch.Tensor, y: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        make_step(model, config)(x, y, 0)
+    return counter.get_total_flops()
+
+
+def timed(step, batches, count: int) -> float:
+    """Seconds per step over ``count`` steps drawn from the iterator ``batches``."""
+    started = time.perf_counter()
+    for index in range(count):
+        x, y = next(batches)
+        step(x, y, index)
+    return (time.perf_counter() - started) / count
+
+
+def synthetic_splits(config, count: int) -> PairedSplits:
+    """Random pairs of the config's image shapes, held in memory (the model's speed does not depend on pixels)."""
+    generator = torch.Generator().manual_seed(0)
+    size, model = config.model.image_size, config.model
+
+    def pairs(n: int) -> PairedImages:
+        return PairedImages(
+            x=torch.rand(n, model.x_channels, size, size, generator=generator) * 2 - 1,
+            y=torch.rand(n, model.y_channels, size, size, generator=generator) * 2 - 1,
+            labels=torch.zeros(n, dtype=torch.long),
+            background_colour_x=torch.zeros(n, 3),
+            digit_colour_y=torch.zeros(n, 3),
+        )
+
+    return PairedSplits(train=pairs(count), test=pairs(config.train.batch_size), source="synthetic")
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="mnist_cdcb")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tensors, loader); best is kept")
+    parser.add_argument("--synthetic", action="store_true", help="random in-memory pairs instead of the dataset")
+    parser.add_argument("--json", help="write the results to this file too")
+    args = parser.parse_args()
+
+    flags = argparse.Namespace(config=args.config, set=args.set, data_source=None, data_root=None, steps=None,
+                               batch_size=args.batch_size, seed=None, accelerator=None)  # fmt: skip
+    config = build_config(flags)
+    batch = config.train.batch_size
+    torch.manual_seed(0)
+    peak = gemm_peak_gflops()
+
+    splits = synthetic_splits(config, 20 * batch) if args.synthetic else build_splits(config)
+    model = IIAE(config.model).train()
+    loader = forever(PairedDataModule(splits, batch, config.data.num_workers, seed=0).train_dataloader())
+    x, y = next(loader)
+    flops = flops_per_step(model, config, x, y)
+
+    step = make_step(model, config)
+    tensors = itertools.repeat((x, y))
+    timed(step, tensors, 3)  # warm-up
+    timed(step, loader, 3)
+    seconds_tensors, seconds_loader = float("inf"), float("inf")
+    for _ in range(args.rounds):  # alternating, so that a change of machine load hits both alike
+        seconds_tensors = min(seconds_tensors, timed(step, tensors, args.steps))
+        seconds_loader = min(seconds_loader, timed(step, loader, args.steps))
+
+    achieved = flops / seconds_tensors / 1e9
+    results = {
+        "config": args.config,
+        "overrides": args.set,
+        "data": splits.source,
+        "image_size": config.model.image_size,
+        "batch_size": batch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads",
+        "load_average_1min": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "pairs_per_second_tensors": batch / seconds_tensors,
+        "pairs_per_second_loader": batch / seconds_loader,
+        "loader_to_tensor_ratio": seconds_tensors / seconds_loader,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": achieved,
+        "gemm_peak_gflops": peak,
+        "utilisation": achieved / peak,
+    }
+    for key, value in results.items():
+        print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

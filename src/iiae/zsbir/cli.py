@@ -1,0 +1,106 @@
+"""``iiae zs-sbir train|evaluate``: zero-shot sketch-based image retrieval (hooked into :mod:`iiae.cli`).
+
+    iiae zs-sbir train --data-root ../shared/data/sketchy_subset_128 --unseen seeded --out runs/zs
+    iiae zs-sbir train --config zs_sketchy_yelamarthi --data-source official --data-root FEATURES --out runs/zs21
+    iiae zs-sbir train --method supervised ... ; --set loss.lambda_=0 for the lambda = 0 ablation
+    iiae zs-sbir evaluate runs/zs [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from iiae.errors import CheckpointError, ConfigError
+
+
+def build_zs_config(args: argparse.Namespace, base=None):
+    """Bundled name or YAML (or ``base``), then --set overrides, then the flags; validated once."""
+    from iiae.zsbir.config import load_zs_config, zs_config_from_dict
+
+    values = (base or load_zs_config(args.config)).to_dict()
+    overrides = []
+    for text in args.set or []:
+        if "=" not in text:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0), got {text!r}")
+        key, raw = text.split("=", 1)
+        overrides.append((key.split("."), yaml.safe_load(raw)))
+    flags = {("data", "source"): args.data_source, ("data", "root"): args.data_root, ("data", "unseen"): args.unseen,
+             ("train", "steps"): args.steps, ("train", "seed"): args.seed, ("method",): args.method,
+             ("feature_net", "cache_dir"): args.cache_dir, ("train", "threads"): args.threads}
+    overrides += [(list(path), value) for path, value in flags.items() if value is not None]
+    for path, value in overrides:
+        section = values
+        for part in path[:-1]:
+            if not isinstance(section.get(part), dict):
+                raise ConfigError(f"unknown config key {'.'.join(path)}")
+            section = section[part]
+        if path[-1] not in section:
+            raise ConfigError(f"unknown config key {'.'.join(path)}; expected one of: {', '.join(section)}")
+        section[path[-1]] = value
+    return zs_config_from_dict(values)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from iiae.runner import default_run_dir
+    from iiae.zsbir.report import results_table
+    from iiae.zsbir.train import run_zs_sbir
+
+    config = build_zs_config(args)
+    out = Path(args.out) if args.out else default_run_dir(config)
+    metrics = run_zs_sbir(config, out, progress=not args.no_progress)
+    print(results_table(metrics))
+    print(f"run folder: {metrics['run_dir']}  (report.md, metrics.json, model/)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from iiae.zsbir.config import load_zs_config
+    from iiae.zsbir.train import build_split, evaluate_model, load_model
+
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file() or not (run / "model").is_dir():
+        raise CheckpointError(f"{run} is not a zs-sbir run folder (expected config.yaml and model/)")
+    config = build_zs_config(args, base=load_zs_config(run / "config.yaml") if args.config is None else None)
+    if config.train.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.train.threads)
+    split, _ = build_split(config)
+    retrieval = evaluate_model(load_model(run / "model"), split, config)
+    print(" ".join(f"{name}={value:.4f}" for name, value in retrieval.items() if name.startswith(("map", "prec"))))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"retrieval": retrieval}, indent=2), encoding="utf-8")
+    return 0
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="bundled zs config (zs_sketchy, zs_sketchy_yelamarthi) or YAML file")
+    parser.add_argument("--data-source", choices=["images", "official", "plain"], help="raw images or features")
+    parser.add_argument("--data-root", help="Sketchy folder (photo/, sketch/) or feature folder")
+    parser.add_argument("--unseen", help="sem_pcyc_25, yelamarthi_21, seeded, or a file of unseen classes")
+    parser.add_argument("--method", choices=["iiae", "supervised"], help="IIAE or the supervised baseline")
+    parser.add_argument("--cache-dir", help="feature cache folder [$IIAE_CACHE/zs_features]")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, repeatable")
+    parser.add_argument("--steps", type=int, help="training batches (overrides train.epochs)")
+    parser.add_argument("--seed", type=int, help="random seed of the run")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+
+
+def add_zs_sbir_parser(commands) -> None:
+    """Add ``zs-sbir train`` and ``zs-sbir evaluate`` to the subcommands of ``iiae``."""
+    zs = commands.add_parser("zs-sbir", help="zero-shot sketch-based image retrieval (Sketchy)")
+    verbs = zs.add_subparsers(dest="zs_command", required=True)
+    train = verbs.add_parser("train", help="train on seen classes, evaluate on unseen ones, write a run folder")
+    _flags(train)
+    train.add_argument("--out", help="run folder to create [runs/<config>-<time>]")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+    evaluate = verbs.add_parser("evaluate", help="mAP@all, P@K, mAP@K of a run on its unseen classes")
+    evaluate.add_argument("run", help="run folder of zs-sbir train")
+    _flags(evaluate)
+    evaluate.add_argument("--json", help="also write the measures to this JSON file")
+    evaluate.set_defaults(handler=_evaluate)

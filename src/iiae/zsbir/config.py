@@ -1,0 +1,182 @@
+"""Configuration of the zero-shot sketch-based image retrieval experiments (own YAML schema, same strict checks).
+
+Bundled configs live in ``iiae/zsbir/configs`` (``zs_sketchy``: the paper's Sketchy Extended recipe, 25 unseen
+classes of SEM-PCYC; ``zs_sketchy_yelamarthi``: the 21-class split). The loss section is
+:class:`iiae.config.LossConfig` with the paper's zero-shot values: mean squared error times 10, beta 0.5,
+lambda 1, annealing T = 2,000 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from iiae.config import LossConfig, _build
+from iiae.errors import ConfigError
+
+
+@dataclass
+class ZSDataConfig:
+    source: Literal["images", "official", "plain"] = "images"  # Sketchy folders, official .npy, or our .npz
+    root: str | None = None  # the folder of the images or of the feature files
+    unseen: str = "sem_pcyc_25"  # sem_pcyc_25, yelamarthi_21, seeded, a file of unseen classes; official: test
+    unseen_count: int = 25  # classes drawn when unseen is "seeded"
+    split_seed: int = 0  # seed of the "seeded" draw
+
+
+@dataclass
+class FeatureNetConfig:
+    """The feature stage of raw images (unused for precomputed features)."""
+
+    backbone: Literal["small_cnn", "vgg16", "resnet50"] = "small_cnn"  # vgg16/resnet50 need torchvision weights
+    image_size: int = 64  # images are resized to this side for the small CNN (224 for torchvision backbones)
+    photo_input: Literal["rgb", "edges"] = "edges"  # edges: photos enter as sketch-like edge maps; rgb: as they are
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # stride-2 convolutions
+    feature_dim: int = 512  # size of the feature vectors (the paper's VGG-16 features: 512)
+    epochs: int = 20  # passes over the seen-class images (sketches and photos together)
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    cache_dir: str | None = None  # where features are cached per split [$IIAE_CACHE or ~/.cache/iiae/zs_features]
+
+
+@dataclass
+class MLPModelConfig:
+    """Sizes of the MLP IIAE (the paper: 512 -> 512 -> 256 -> 128 encoders, 64-d codes)."""
+
+    input_dim: int = 512  # feature size; replaced by the data's when they differ
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])  # encoder hidden layers
+    code_dim: int = 64  # size of z^s, z^x and z^y
+    joint_hidden_dim: int = 512  # q(z^s|x,y): (first hidden of r^x, first hidden of r^y) -> this -> 2 * code_dim
+    decoder_hidden_dim: int = 128  # (z^s, z^x) -> this -> input_dim, linear output
+    negative_slope: float = 0.2  # LeakyReLU
+    logvar_max: float = 9.21
+
+
+@dataclass
+class ZSTrainConfig:
+    epochs: int = 10  # one epoch = ceil(training sketches / seen classes) class-level batches
+    steps: int = 0  # when > 0, train exactly this many batches instead of ``epochs``
+    learning_rate: float = 2e-4
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    seed: int = 0
+    accelerator: str = "cpu"
+    log_every: int = 50
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default (1 is much faster on a busy shared CPU)
+
+
+@dataclass
+class BaselineConfig:
+    """The supervised embedding baseline: one MLP for both domains, cross-entropy over the seen classes."""
+
+    hidden_dim: int = 512
+    embedding_dim: int = 64
+    steps: int = 2000
+    batch_size: int = 200
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class ZSEvalConfig:
+    ks: list[int] = field(default_factory=lambda: [100, 200])  # P@K and mAP@K
+    figure_classes: int = 5  # unseen classes shown in the top-5 figure (raw-image data only)
+    figure_queries: int = 2  # queries per shown class
+
+
+def _zs_loss() -> LossConfig:
+    return LossConfig(beta=0.5, lambda_=1.0, reconstruction_weight=10.0, kl_anneal_steps=2000.0, reconstruction="mse")
+
+
+@dataclass
+class ZSConfig:
+    name: str = "zs_sketchy"
+    method: Literal["iiae", "supervised"] = "iiae"  # supervised: the embedding baseline on the same features
+    data: ZSDataConfig = field(default_factory=ZSDataConfig)
+    feature_net: FeatureNetConfig = field(default_factory=FeatureNetConfig)
+    model: MLPModelConfig = field(default_factory=MLPModelConfig)
+    loss: LossConfig = field(default_factory=_zs_loss)
+    train: ZSTrainConfig = field(default_factory=ZSTrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluation: ZSEvalConfig = field(default_factory=ZSEvalConfig)
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)  # Table 3: method -> measure -> value
+
+    def validate(self) -> ZSConfig:
+        self.loss.validate()
+        checks = [
+            ("data.unseen_count", self.data.unseen_count), ("feature_net.image_size", self.feature_net.image_size),
+            ("feature_net.feature_dim", self.feature_net.feature_dim), ("feature_net.batch_size",
+            self.feature_net.batch_size), ("feature_net.learning_rate", self.feature_net.learning_rate),
+            ("model.input_dim", self.model.input_dim), ("model.code_dim", self.model.code_dim),
+            ("model.joint_hidden_dim", self.model.joint_hidden_dim),
+            ("model.decoder_hidden_dim", self.model.decoder_hidden_dim), ("model.logvar_max", self.model.logvar_max),
+            ("train.learning_rate", self.train.learning_rate), ("train.log_every", self.train.log_every),
+            ("baseline.hidden_dim", self.baseline.hidden_dim), ("baseline.embedding_dim", self.baseline.embedding_dim),
+            ("baseline.steps", self.baseline.steps), ("baseline.batch_size", self.baseline.batch_size),
+            ("baseline.learning_rate", self.baseline.learning_rate),
+        ]
+        for key, value in checks:
+            if not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        for key, value in (("feature_net.epochs", self.feature_net.epochs), ("train.epochs", self.train.epochs),
+                           ("train.steps", self.train.steps), ("train.threads", self.train.threads)):
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.train.epochs == 0 and self.train.steps == 0:
+            raise ConfigError("train.epochs or train.steps must be > 0")
+        for key in ("hidden_dims",):
+            if not self.model.hidden_dims or any(w <= 0 for w in self.model.hidden_dims):
+                raise ConfigError(f"model.{key} must be a non-empty list of positive integers")
+        if not self.feature_net.widths or any(w <= 0 for w in self.feature_net.widths):
+            raise ConfigError("feature_net.widths must be a non-empty list of positive integers")
+        if not self.evaluation.ks or any(k <= 0 for k in self.evaluation.ks):
+            raise ConfigError(f"evaluation.ks must be positive integers, got {self.evaluation.ks}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self.train, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def zs_config_from_dict(values: dict[str, Any]) -> ZSConfig:
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    return _build(ZSConfig, values, "").validate()
+
+
+def bundled_zs_config_names() -> list[str]:
+    folder = resources.files("iiae.zsbir") / "configs"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_zs_config(name_or_path: str | Path | None = None) -> ZSConfig:
+    """A bundled config name (``zs_sketchy``) or a YAML file; None gives ``zs_sketchy``."""
+    name_or_path = "zs_sketchy" if name_or_path is None else name_or_path
+    candidate = Path(name_or_path)
+    if candidate.suffix not in (".yaml", ".yml") and not candidate.exists():
+        if str(name_or_path) not in bundled_zs_config_names():
+            raise ConfigError(f"zs config {name_or_path!r} is neither a YAML file nor a bundled one "
+                              f"({', '.join(bundled_zs_config_names())})")
+        with resources.as_file(resources.files("iiae.zsbir") / "configs" / f"{name_or_path}.yaml") as path:
+            return load_zs_config(path)
+    if not candidate.is_file():
+        raise ConfigError(f"config file {candidate} does not exist")
+    try:
+        values = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {candidate} is not valid YAML: {str(error).splitlines()[0]}") from None
+    try:
+        return zs_config_from_dict(values or {})
+    except ConfigError as error:
+        raise ConfigError(f"{candidate}: {error}") from None
+
+
+def save_zs_config(config: ZSConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,42 @@
+"""The benchmark scripts run (tiny sizes; the figures themselves are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_runs import ONE_THREAD
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_MODEL = [
+    "--set", "model.image_size=16", "--set", "model.encoder_widths=[8]", "--set", "model.exclusive_widths=[8,8]",
+    "--set", "model.decoder_widths=[8]", "--set", "model.shared_channels=4",
+]  # fmt: skip
+
+
+def test_throughput_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    args = ["--synthetic", "--batch-size", "8", "--steps", "1", "--rounds", "1", *TINY_MODEL, "--json", str(out)]
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), *args], capture_output=True, text=True,
+                         env=ONE_THREAD, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["image_size"] == 16 and results["batch_size"] == 8 and results["data"] == "synthetic"
+    for key in ("pairs_per_second_tensors", "pairs_per_second_loader", "loader_to_tensor_ratio", "gflop_per_step",
+                "achieved_gflops", "gemm_peak_gflops", "utilisation"):  # fmt: skip
+        assert results[key] > 0, key
+
+
+def test_time_to_accuracy_curve() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from mnist_cdcb_full import first_time_at, time_to_accuracy_curve
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    history = [{"step": step, "top1": {"shared_x_to_y": x, "shared_y_to_x": y}}
+               for step, x, y in ((100, 50.0, 40.0), (200, 99.5, 98.9), (300, 99.2, 99.0))]  # fmt: skip
+    curve = time_to_accuracy_curve({"history": history}, training_seconds=60.0, steps=300)
+    assert [point["seconds"] for point in curve] == [20.0, 40.0, 60.0]
+    assert first_time_at(curve, 99.0) == 60.0 and first_time_at(curve, 99.9) is None

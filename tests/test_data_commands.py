@@ -1,0 +1,91 @@
+"""iiae data export (MNIST-CDCB as images, read back identical) and iiae data download (Facades, Maps)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iiae.cli import main
+from iiae.config import DataConfig
+from iiae.data import download
+from iiae.data.export import to_uint8
+from iiae.data.paired_images import scan_split
+from iiae.training import build_cdcb_splits
+
+
+@pytest.mark.parametrize("layout", ["ab", "folders"])
+def test_exported_mnist_cdcb_reads_back_identical_pairs(tmp_path, layout, capsys):
+    out = tmp_path / "cdcb"
+    assert main(["data", "export", "mnist-cdcb", "--format", layout, "--out", str(out), "--size", "32",
+                 "--limit", "6"]) == 0  # fmt: skip
+    assert "6 train and 6 test pairs" in capsys.readouterr().out
+    expected = build_cdcb_splits(DataConfig(validation_fraction=0.0), 32)  # all training pairs, at 32x32
+    for split, pairs in (("train", expected.train), ("test", expected.test)):
+        read = scan_split(out, split, layout, size=32)
+        assert len(read) == 6
+        for domain, original in ((read.x, pairs.x[:6]), (read.y, pairs.y[:6])):
+            quantised = torch.from_numpy(to_uint8(original)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            assert torch.equal(domain[0:6], quantised)  # PNG is lossless: exactly the 8-bit images
+            assert (domain[0:6] - original).abs().max() <= 1 / 127.5
+    if layout == "ab":
+        with Image.open(out / "test" / "1.png") as image:
+            assert image.size == (64, 32)
+
+
+def test_export_refuses_a_folder_with_files(tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("x")
+    assert main(["data", "export", "mnist-cdcb", "--out", str(tmp_path), "--limit", "1"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def _archive(path, counts, side=8):
+    """A pix2pix-style archive: facades/<split>/<n>.jpg, side-by-side halves."""
+    with tarfile.open(path, "w:gz") as tar:
+        for split, count in counts.items():
+            for index in range(1, count + 1):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((side, 2 * side, 3), index, dtype=np.uint8)).save(buffer, "JPEG")
+                info = tarfile.TarInfo(f"facades/{split}/{index}.jpg")
+                info.size = buffer.tell()
+                buffer.seek(0)
+                tar.addfile(info, buffer)
+    return path
+
+
+@pytest.fixture
+def small_facades(monkeypatch):
+    counts = {"train": 3, "val": 1, "test": 2}
+    monkeypatch.setitem(download.EXPECTED_COUNTS, "facades", counts)
+    return counts
+
+
+def test_download_unpacks_a_checked_archive_into_the_ab_layout(tmp_path, small_facades, capsys):
+    archive = _archive(tmp_path / "facades.tar.gz", small_facades)
+    root = tmp_path / "facades"
+    assert main(["data", "download", "facades", "--root", str(root), "--archive", str(archive)]) == 0
+    assert "ready" in capsys.readouterr().out
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["1.jpg", "2.jpg", "3.jpg"]
+    assert len(scan_split(root, "test", "ab", size=8)) == 2
+    assert main(["data", "download", "facades", "--root", str(root)]) == 0  # complete: nothing to fetch
+
+
+def test_download_rejects_an_archive_of_another_dataset(tmp_path, small_facades, capsys):
+    archive = _archive(tmp_path / "other.tar.gz", {"train": 2, "test": 2})
+    assert main(["data", "download", "facades", "--root", str(tmp_path / "f"), "--archive", str(archive)]) == 2
+    error = capsys.readouterr().err
+    assert "not the facades dataset" in error and "train/ 2 (expected 3)" in error
+
+
+def test_download_without_network_says_what_to_fetch_and_where(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(download, "PIX2PIX_URL", "http://127.0.0.1:9/{name}.tar.gz")  # nothing listens there
+    root = tmp_path / "maps"
+    assert main(["data", "download", "maps", "--root", str(root)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "could not download maps" in error and "maps.tar.gz" in error and str(root) in error
+    assert "--archive" in error and not any(root.iterdir())  # no partial file left behind

@@ -1,0 +1,117 @@
+"""`iiae evaluate` and `iiae translate` end to end on a tiny trained run; one clear error line for bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from iiae.cli import main
+from iiae.config import config_from_dict
+from iiae.runner import train_and_evaluate
+
+from tiny_runs import tiny_idx_folder
+
+TINY = {
+    "model": {"image_size": 16, "encoder_widths": [8], "exclusive_widths": [8], "decoder_widths": [8]},
+    "train": {"steps": 2, "batch_size": 16, "log_every": 1, "select_every": 1, "max_exclusive_hits": None},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder of 2 steps on 58 + 6 validation + 32 test random digits, best.ckpt selected at step 1 or 2."""
+    folder = tmp_path_factory.mktemp("runs")
+    data = {"source": "idx", "root": str(tiny_idx_folder(folder / "idx"))}
+    metrics = train_and_evaluate(config_from_dict({**TINY, "data": data}), folder / "tiny", progress=False)
+    out = folder / "tiny"
+    return out, metrics
+
+
+def _expect_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("iiae: error:") and len(error.splitlines()) == 1, error
+    for fragment in fragments:
+        assert fragment in error, error
+
+
+def test_evaluate_a_run_folder_refreshes_its_metrics_and_keeps_the_rest(run, capsys):
+    out, metrics = run
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "shared_x_to_y" in printed and str(out / "metrics.json") in printed
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["retrieval"] == metrics["retrieval"]  # the main job and iiae evaluate: one code path
+    assert written["selection"] == metrics["selection"] and written["steps"] == 2
+    assert written["evaluated"]["model"] == str(out / "model") and written["evaluated"]["test_pairs"] == 32
+
+
+def test_evaluate_the_selected_checkpoint_and_a_model_folder(run, tmp_path, capsys):
+    out, metrics = run
+    assert main(["evaluate", str(out / "checkpoints" / "best.ckpt"), "--json", str(tmp_path / "best.json")]) == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["evaluated"]["step"] == metrics["selection"]["step"]
+    assert best["retrieval"] == metrics["retrieval"]  # model/ is the exported best checkpoint
+    assert main(["evaluate", str(out / "model"), "--out", str(tmp_path / "folder")]) == 0
+    assert json.loads((tmp_path / "folder" / "metrics.json").read_text())["retrieval"] == metrics["retrieval"]
+    assert main(["evaluate", str(out / "checkpoints" / "last.ckpt")]) == 0  # beside it, not over the run's metrics
+    assert json.loads((out / "checkpoints" / "last.metrics.json").read_text())["evaluated"]["step"] == 2
+    capsys.readouterr()
+
+
+def test_translate_writes_the_three_figures(run, tmp_path, capsys):
+    out, _ = run
+    target = tmp_path / "figures"
+    assert main(["translate", str(out / "checkpoints" / "last.ckpt"), "--out", str(target), "--count", "3"]) == 0
+    sizes = {path.name: Image.open(path).size for path in target.iterdir()}
+    # 3 pairs: translation 3 columns x 10 rows; analogy 2 panels of 4 x 4 cells; traversal 2 panels of 8 x 10
+    assert sizes == {"translation.png": (460, 1040), "analogy.png": (600, 330), "traversal.png": (1320, 570)}
+    assert str(target / "analogy.png") in capsys.readouterr().out
+    for name in ("translation.png", "analogy.png", "traversal.png"):
+        assert (out / name).is_file()  # the main job saved them too
+
+
+def test_missing_and_truncated_checkpoints(run, tmp_path, capsys):
+    out, _ = run
+    _expect_error(capsys, ["evaluate", str(tmp_path / "nothing")], "does not exist")
+    _expect_error(capsys, ["translate", str(tmp_path / "nothing.ckpt")], "does not exist")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((out / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    _expect_error(capsys, ["evaluate", str(truncated)], str(truncated), "truncated")
+    model = tmp_path / "model"
+    shutil.copytree(out / "model", model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _expect_error(capsys, ["evaluate", str(model)], "model.safetensors", "not a readable safetensors file")
+    (tmp_path / "empty").mkdir()
+    _expect_error(capsys, ["evaluate", str(tmp_path / "empty")], "neither a run folder nor a model folder")
+
+
+def test_checkpoints_of_another_model(run, tmp_path, capsys):
+    out, _ = run
+    model = tmp_path / "model"
+    shutil.copytree(out / "model", model)
+    meta = json.loads((model / "config.json").read_text())
+    meta["model"]["exclusive_dim"] = 16  # config.json no longer matches the tensors
+    (model / "config.json").write_text(json.dumps(meta))
+    _expect_error(capsys, ["evaluate", str(model)], "model.safetensors", "the config expects")
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["model"]["shared_channels"] = 4
+    other = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other)
+    _expect_error(capsys, ["translate", str(other), "--out", str(tmp_path / "figures")], str(other), "expects")
+    assert not (tmp_path / "figures").exists()
+    checkpoint["hyper_parameters"] = {}
+    torch.save(checkpoint, other)
+    _expect_error(capsys, ["evaluate", str(other)], "holds no iiae config")
+
+
+def test_translate_into_a_file_is_refused(run, tmp_path, capsys):
+    out, _ = run
+    a_file = tmp_path / "grid.png"
+    a_file.write_bytes(b"")
+    _expect_error(capsys, ["translate", str(out), "--out", str(a_file)], "expected a folder")

@@ -1,0 +1,197 @@
+"""Exact resume after a crash, atomic checkpoints, graceful SIGTERM, run locks, export and determinism.
+
+Every run is the tiny configuration of ``tiny_runs`` (16x16 images, 30 steps, a checkpoint every step) in a
+fresh process with one thread; a reference run that is never interrupted is the yardstick.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from iiae import IIAE
+from iiae.checkpointing import RunLock, load_checkpoint, newest_checkpoint
+from iiae.cli import main
+from iiae.config import load_config
+from iiae.errors import OutputError
+from tiny_runs import SLOW_CLI, STEPS, run_cli, start_cli, tiny_args, tiny_idx_folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return tiny_idx_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data) -> Path:
+    """A run of STEPS steps that nothing interrupts."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = run_cli(["train", "--out", str(out), *tiny_args(data)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def main_one_thread(argv: list[str]) -> int:
+    """The CLI in this process, with one thread as the subprocesses (CPU sums depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _newest_step(run: Path) -> int:
+    names = [path.name for path in (run / "checkpoints").glob("step=*.ckpt")]
+    return max((int(re.match(r"step=(\d+)", name).group(1)) for name in names), default=-1)
+
+
+def _wait_until(process, condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (status {process.returncode}) before {what}: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """Bit-identical weights (exported model and last checkpoint, optimiser included) and identical metrics."""
+    model_file = Path("model") / "model.safetensors"
+    assert (run / model_file).read_bytes() == (reference / model_file).read_bytes()
+    ours, theirs = load_checkpoint(run / "checkpoints/last.ckpt"), load_checkpoint(reference / "checkpoints/last.ckpt")
+    assert ours["global_step"] == theirs["global_step"] == STEPS
+    for name, tensor in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][name], tensor), name
+    for ours_state, theirs_state in zip(ours["optimizer_states"][0]["state"].values(),
+                                        theirs["optimizer_states"][0]["state"].values()):  # fmt: skip
+        for key, value in theirs_state.items():
+            assert torch.equal(ours_state[key], value), key
+    assert (run / "logs/metrics.csv").read_text() == (reference / "logs/metrics.csv").read_text()  # every loss term
+    metrics, expected = (json.loads((folder / "metrics.json").read_text()) for folder in (run, reference))
+    assert metrics["retrieval"] == expected["retrieval"] and metrics["steps"] == expected["steps"]
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, data, reference):
+    k = random.randint(3, STEPS - 8)
+    out = tmp_path / "killed"
+    process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data)])
+    _wait_until(process, lambda: _newest_step(out) >= k, f"a checkpoint of step >= {k}")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
+    killed_at = _newest_step(out)
+    assert k <= killed_at < STEPS, (k, killed_at)
+
+    assert main_one_thread(["train", "--resume", str(out)]) == 0, f"killed at step {killed_at}"
+    assert_same_run(out, reference)
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert len(list((out / "checkpoints").glob("step=*.ckpt"))) == 2  # keep_checkpoints, stale ones removed
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resume_auto_continues(tmp_path, data, reference, monkeypatch):
+    out = tmp_path / "runs" / "mnist_cdcb-sigterm"  # --resume auto: the newest run of the config under runs/
+    process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data, checkpoint_every=7)], cwd=tmp_path)
+    _wait_until(process, lambda: _newest_step(out) >= 7, "the first checkpoint")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last_line = stderr.strip().splitlines()[-1]
+    stopped_at = int(re.search(r"after (\d+) steps", last_line).group(1))
+    assert last_line == (
+        f"iiae: stopped by SIGTERM after {stopped_at} steps, checkpoint written; "
+        f"continue with: iiae train --resume {out}"
+    )
+    assert 7 <= stopped_at < STEPS
+    assert load_checkpoint(out / "checkpoints/last.ckpt")["global_step"] == stopped_at  # not a multiple of 7 in general
+    assert not (out / "metrics.json").exists()
+
+    monkeypatch.chdir(tmp_path)
+    assert main_one_thread(["train", "--resume", "auto", *tiny_args(data)[:4]]) == 0  # --data-* flags may be given
+    assert_same_run(out, reference)  # the checkpoint cadence (7 vs 1) changes nothing either
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, data):
+    out, marker = tmp_path / "run", tmp_path / "half-written"
+    hang_at_step = 4
+    script = SLOW_CLI.replace(
+        "checkpointing.atomic_torch_save = slow_write",
+        f"""import io, torch
+real_save = torch.save
+def hanging_save(obj, file):  # writes half of the step-{hang_at_step} checkpoint, then hangs until killed
+    if isinstance(obj, dict) and obj.get("global_step") == {hang_at_step}:
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        file.flush()
+        open({str(marker)!r}, "w").close()
+        time.sleep(600)
+    real_save(obj, file)
+torch.save = hanging_save""",
+    )
+    process = start_cli(script, ["train", "--out", str(out), *tiny_args(data)], IIAE_TEST_PAUSE="0")
+    _wait_until(process, marker.exists, "the half-written checkpoint")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+    checkpoints = out / "checkpoints"
+    partial = list(checkpoints.glob(".*.tmp"))
+    assert len(partial) == 1 and partial[0].stat().st_size > 0  # the interrupted write
+    assert not (checkpoints / f"step={hang_at_step:08d}.ckpt").exists()
+    assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == hang_at_step - 1  # the previous one, whole
+    path, checkpoint = newest_checkpoint(out, load_config(out / "config.yaml"))
+    assert checkpoint["global_step"] == hang_at_step - 1 and path.suffix == ".ckpt"
+
+
+def test_same_seed_and_config_give_identical_runs(tmp_path, data, reference):
+    assert main_one_thread(["train", "--out", str(tmp_path / "again"), *tiny_args(data, checkpoint_every=10)]) == 0
+    assert_same_run(tmp_path / "again", reference)  # in this process, the reference in another one
+
+
+def test_export_writes_a_safetensors_model_that_loads(tmp_path, reference, capsys):
+    assert main(["export", str(reference), "--out", str(tmp_path / "exported")]) == 0
+    model = IIAE.from_pretrained(tmp_path / "exported")
+    expected = load_file(str(reference / "model" / "model.safetensors"))  # the run's selected model
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in expected.items())
+    meta = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert meta["format_version"] == 1 and meta["iiae_version"]
+    assert main(["export", str(reference), "--last", "--out", str(tmp_path / "last")]) == 0
+    assert "step 30" in capsys.readouterr().out.splitlines()[-1]
+    last = load_checkpoint(reference / "checkpoints" / "last.ckpt")["state_dict"]
+    exported = IIAE.from_pretrained(tmp_path / "last").state_dict()
+    assert all(torch.equal(tensor, last[f"model.{name}"]) for name, tensor in exported.items())
+    assert main(["export", str(reference), "--out", str(tmp_path / "exported")]) == 2  # never overwrites
+
+
+def test_a_second_run_on_a_folder_in_use_refuses(tmp_path, data, reference, monkeypatch):
+    import iiae.runner as runner
+    from iiae.cli import build_config, make_parser
+
+    config = build_config(make_parser().parse_args(["train", *tiny_args(data), "--steps", "40"]))
+    # resuming a run while another process holds it
+    with RunLock(reference, new_run=False), pytest.raises(OutputError, match="in use by another iiae run"):
+        runner.train_and_evaluate(config, reference, resume=True)
+    # two runs started at once on one new folder: the second passed the emptiness check before the first locked
+    out = tmp_path / "shared"
+    real_check = runner.check_output_dir
+    competitor = RunLock(out, new_run=True)
+
+    def check_then_lose_the_race(folder):
+        real_check(folder)
+        competitor.__enter__()
+
+    monkeypatch.setattr(runner, "check_output_dir", check_then_lose_the_race)
+    with pytest.raises(OutputError, match="in use by another iiae run"):
+        runner.train_and_evaluate(config, out)
+    assert [p.name for p in out.iterdir()] == [".iiae.lock"]  # nothing of the second run
+    competitor.__exit__()
