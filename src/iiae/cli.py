@@ -16,24 +16,16 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import yaml
 
 from iiae.errors import ConfigError, IIAEError, RunInterrupted
 
 
-def _parse_override(text: str) -> tuple[list[str], object]:
-    if "=" not in text:
-        raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0.5), got {text!r}")
-    key, raw = text.split("=", 1)
-    return key.split("."), yaml.safe_load(raw)
-
-
 def build_config(args: argparse.Namespace, base_config=None):
     """The config file (or bundled name, or ``base_config``), then --set overrides, then the flags; validated once."""
-    from iiae.config import config_from_dict, resolve_config
+    from iiae.config import config_from_dict, parse_override, resolve_config, set_by_path
 
     base = (base_config or resolve_config(args.config)).to_dict()
-    overrides: list[tuple[list[str], object]] = [_parse_override(text) for text in args.set or []]
+    overrides: list[tuple[list[str], object]] = [parse_override(text) for text in args.set or []]
     flags = {
         ("data", "source"): args.data_source,
         ("data", "root"): args.data_root,
@@ -48,14 +40,7 @@ def build_config(args: argparse.Namespace, base_config=None):
     }
     overrides += [(list(path), value) for path, value in flags.items() if value is not None]
     for path, value in overrides:
-        section = base
-        for part in path[:-1]:
-            if not isinstance(section.get(part), dict):
-                raise ConfigError(f"unknown config key {'.'.join(path)}")
-            section = section[part]
-        if path[-1] not in section:
-            raise ConfigError(f"unknown config key {'.'.join(path)}; expected one of: {', '.join(section)}")
-        section[path[-1]] = value
+        set_by_path(base, path, value)
     return config_from_dict(base)
 
 

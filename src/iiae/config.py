@@ -279,6 +279,26 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``SECTION.KEY=VALUE`` (a command line ``--set``) as a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0.5), got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.split("."), yaml.safe_load(raw)
+
+
+def set_by_path(values: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``values[path[0]][path[1]]... = value`` in a nested config mapping; an unknown key is a ConfigError."""
+    section = values
+    for part in path[:-1]:
+        if not isinstance(section.get(part), dict):
+            raise ConfigError(f"unknown config key {'.'.join(path)}")
+        section = section[part]
+    if path[-1] not in section:
+        raise ConfigError(f"unknown config key {'.'.join(path)}; expected one of: {', '.join(section)}")
+    section[path[-1]] = value
+
+
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Build and validate a config from a (possibly partial) nested mapping; missing keys take defaults."""
     if not isinstance(values, dict):

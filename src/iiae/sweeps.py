@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from iiae.config import ExperimentConfig, config_from_dict
+from iiae.config import ExperimentConfig, config_from_dict, set_by_path
 from iiae.errors import ConfigError
 from iiae.measures import CODE_NAMES
 
@@ -82,14 +82,7 @@ def parse_sweep(text: str) -> tuple[str, list[object]]:
 def with_value(config: ExperimentConfig, dotted_key: str, value: object) -> ExperimentConfig:
     """A validated copy of ``config`` with ``dotted_key`` set to ``value`` (ConfigError naming the key)."""
     values = config.to_dict()
-    section, parts = values, dotted_key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(section.get(part), dict):
-            raise ConfigError(f"unknown config key {dotted_key}")
-        section = section[part]
-    if parts[-1] not in section:
-        raise ConfigError(f"unknown config key {dotted_key}; expected one of: {', '.join(section)}")
-    section[parts[-1]] = value
+    set_by_path(values, dotted_key.split("."), value)
     return config_from_dict(values)
 
 

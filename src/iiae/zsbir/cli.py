@@ -12,9 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
-from iiae.errors import CheckpointError, ConfigError
+from iiae.config import parse_override, set_by_path
+from iiae.errors import CheckpointError
 
 
 def build_zs_config(args: argparse.Namespace, base=None):
@@ -22,25 +21,13 @@ def build_zs_config(args: argparse.Namespace, base=None):
     from iiae.zsbir.config import load_zs_config, zs_config_from_dict
 
     values = (base or load_zs_config(args.config)).to_dict()
-    overrides = []
-    for text in args.set or []:
-        if "=" not in text:
-            raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0), got {text!r}")
-        key, raw = text.split("=", 1)
-        overrides.append((key.split("."), yaml.safe_load(raw)))
+    overrides = [parse_override(text) for text in args.set or []]
     flags = {("data", "source"): args.data_source, ("data", "root"): args.data_root, ("data", "unseen"): args.unseen,
              ("train", "steps"): args.steps, ("train", "seed"): args.seed, ("method",): args.method,
              ("feature_net", "cache_dir"): args.cache_dir, ("train", "threads"): args.threads}
     overrides += [(list(path), value) for path, value in flags.items() if value is not None]
     for path, value in overrides:
-        section = values
-        for part in path[:-1]:
-            if not isinstance(section.get(part), dict):
-                raise ConfigError(f"unknown config key {'.'.join(path)}")
-            section = section[part]
-        if path[-1] not in section:
-            raise ConfigError(f"unknown config key {'.'.join(path)}; expected one of: {', '.join(section)}")
-        section[path[-1]] = value
+        set_by_path(values, path, value)
     return zs_config_from_dict(values)
 
 
