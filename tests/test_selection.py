@@ -75,6 +75,13 @@ def test_best_checkpoint_under_the_criteria_and_the_last_one_kept(tmp_path, max_
     assert [float(row["val/selection_score"]) for row in rows] == [80.0, 185.0, 145.0, 120.0]
 
 
+def test_a_tie_keeps_the_later_step(tmp_path):
+    tied = [_table((100, 100), (0, 0)), _table((100, 100), (1, 1)), _table((90, 100), (0, 0))]
+    _, selection, _ = _train(tmp_path, tied, 1, steps=6)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")["global_step"] == 4
+    assert selection.best["step"] == 4
+
+
 def test_no_qualifying_step_falls_back_to_last(tmp_path):
     module, selection, trainer = _train(tmp_path, [_table((50, 50), (3, 3))] * 2, 1, steps=4)
     assert not (tmp_path / "checkpoints" / "best.ckpt").exists()

@@ -5,7 +5,8 @@ Every ``train.select_every`` steps (and at the last step) :class:`RetrievalSelec
 :mod:`iiae.evaluation`. An evaluation *qualifies* when each exclusive direction retrieves at most
 ``train.max_exclusive_hits`` correct partners (exclusive codes must not identify the pair; None: no limit). Among
 qualifying evaluations the one with the highest shared score (``train.select_metric`` of shared X->Y plus shared
-Y->X; the earliest on a tie) is saved as ``checkpoints/best.ckpt`` with Lightning's own checkpointing; the
+Y->X; the latest on a tie: on easy data the validation score saturates, and the
+later step has trained longer) is saved as ``checkpoints/best.ckpt`` with Lightning's own checkpointing; the
 run's ``last.ckpt`` is kept as well. After training, :func:`selected_model` loads the best weights, or keeps the
 last ones when no evaluation qualified, and says which and why.
 
@@ -114,7 +115,7 @@ class RetrievalSelection(Callback):
         for logger in trainer.loggers:
             values = {f"val/{d}_{name}": float(table[d][name]) for d in table for name in LOGGED}
             logger.log_metrics({**values, "val/selection_score": record["score"]}, step=step)
-        if record["qualifies"] and (self.best is None or record["score"] > self.best["score"]):
+        if record["qualifies"] and (self.best is None or record["score"] >= self.best["score"]):
             self.best = record
             trainer.save_checkpoint(self.best_path, weights_only=True)
 
