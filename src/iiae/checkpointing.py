@@ -35,6 +35,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from iiae.config import ExperimentConfig
 from iiae.errors import CheckpointError, OutputError
+from iiae.model import check_state_dict
 from iiae.resume import LOG_ROWS_KEY, collect_rng_states, count_log_rows, restore_rng_states
 
 CHECKPOINT_DIR = "checkpoints"
@@ -114,18 +115,7 @@ def check_checkpoint_matches(checkpoint: dict[str, Any], config: ExperimentConfi
 
     with torch.device("meta"):
         expected = IIAELightning(config.to_dict()).state_dict()
-    state = checkpoint["state_dict"]
-    for name, tensor in expected.items():
-        if name not in state:
-            raise CheckpointError(f"checkpoint {path}: tensor {name} is missing (a checkpoint of another model?)")
-        if state[name].shape != tensor.shape or state[name].dtype != tensor.dtype:
-            raise CheckpointError(
-                f"checkpoint {path}: tensor {name} has shape {tuple(state[name].shape)} and dtype "
-                f"{state[name].dtype}, the run's config expects {tuple(tensor.shape)} and {tensor.dtype}"
-            )
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"checkpoint {path}: unexpected tensor {unexpected[0]} (a checkpoint of another model?)")
+    check_state_dict(checkpoint["state_dict"], expected, f"checkpoint {path}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

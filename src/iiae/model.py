@@ -29,6 +29,22 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
+def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming the first tensor of ``expected`` that ``state`` lacks or holds with another shape
+    or dtype, or the first tensor ``state`` has beyond ``expected``; ``source`` names the file in the message."""
+    for name, tensor in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{source}: tensor {name} is missing (a different model?)")
+        if state[name].shape != tensor.shape or state[name].dtype != tensor.dtype:
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)} and dtype "
+                f"{state[name].dtype}, the config expects {tuple(tensor.shape)} and {tensor.dtype}"
+            )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]} (a different model?)")
+
+
 @dataclass
 class IIAEOutput:
     """What one training forward pass produces: the posteriors and the two reconstructions."""
@@ -178,18 +194,7 @@ class IIAE(nn.Module):
             state = load_file(str(weights_path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from None
-        expected = model.state_dict()
-        for name, tensor in expected.items():
-            if name not in state:
-                raise CheckpointError(f"{weights_path}: tensor {name} is missing")
-            if state[name].shape != tensor.shape or state[name].dtype != tensor.dtype:
-                raise CheckpointError(
-                    f"{weights_path}: tensor {name} has shape {tuple(state[name].shape)} and dtype "
-                    f"{state[name].dtype}, the config expects {tuple(tensor.shape)} and {tensor.dtype}"
-                )
-        unexpected = sorted(set(state) - set(expected))
-        if unexpected:
-            raise CheckpointError(f"{weights_path}: unexpected tensor {unexpected[0]} (a different model?)")
+        check_state_dict(state, model.state_dict(), str(weights_path))
         for name, tensor in state.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise CheckpointError(f"{weights_path}: tensor {name} holds NaN or Inf values")
