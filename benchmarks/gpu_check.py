@@ -31,6 +31,7 @@ import torch
 from iiae.config import resolve_config
 from iiae.model import IIAE
 from iiae.objective import iiae_loss
+from iiae.training import make_optimizer
 
 
 def train_step(model: IIAE, optimiser: torch.optim.Optimizer, config, x, y, bf16: bool) -> None:
@@ -56,7 +57,7 @@ def measure(config, batch: int, mode: str, steps: int, warmup: int, device: torc
         x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
     if "compile" in mode:
         model.compile()
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+    optimiser = make_optimizer(model, config.train)  # the run's optimiser: fused Adam on CUDA
     bf16 = mode.startswith("bf16")
     synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):

@@ -3,24 +3,30 @@
     python benchmarks/throughput.py                       # default 32x32 model, batch 64, CPU
     python benchmarks/throughput.py --steps 30 --json out.json
     python benchmarks/throughput.py --config facades --synthetic --batch-size 8   # official 256x256 model
+    python benchmarks/throughput.py --ablation            # each speed-up of the step off and on, interleaved
 
 Three measurements in one process:
 1. the fp32 matrix-multiply peak of this machine (a square GEMM, best of several runs);
-2. the model's training step (forward, loss, backward, Adam) on pre-built tensors: pairs/s, FLOPs per step
-   counted by ``torch.utils.flop_counter.FlopCounterMode``, achieved GFLOP/s and the utilisation ratio;
+2. the run's training step (``IIAELightning.training_step``: forward with sampling, loss; backward; the run's
+   optimiser; the config's speed switches) on pre-built tensors: pairs/s, FLOPs per step counted by
+   ``torch.utils.flop_counter.FlopCounterMode``, achieved GFLOP/s and the utilisation ratio;
 3. the same step fed by the real data loader (the run's ``PairedDataModule``): the data-path ratio
-   loader/tensors, which should stay at or above 0.9. Rounds of tensor-fed and loader-fed steps alternate and
-   the best round of each is kept, so that the load of a shared machine does not favour either.
+   loader/tensors, which should stay at or above 0.9.
+The three alternate in rounds and the best round of each is kept, so that the load of a shared machine
+favours none of them (a peak measured once, at a quiet moment, would understate the utilisation, and the
+reverse).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
 import platform
 import time
+import warnings
 from datetime import date
 
 import torch
@@ -29,9 +35,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from iiae.cli import build_config
 from iiae.data import PairedImages
 from iiae.datasets import build_splits
-from iiae.model import IIAE
-from iiae.objective import iiae_loss
-from iiae.training import PairedDataModule, PairedSplits
+from iiae.training import (
+    IIAELightning,
+    PairedDataModule,
+    PairedSplits,
+    apply_speed_switches,
+)
 
 
 def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
@@ -46,23 +55,63 @@ def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def make_step(model: IIAE, config):
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+def make_step(config, in_place: bool = True, fused_adam: bool = True):
+    """The run's training step: ``IIAELightning.training_step`` (forward with sampling, loss, the config's
+    channels_last inputs) with its optimiser (``make_optimizer``: fused Adam where available) and speed switches.
+
+    ``in_place=False`` / ``fused_adam=False`` turn those two speed-ups off (``--ablation``)."""
+    module = IIAELightning(config.to_dict())
+    apply_speed_switches(module.model, config.train)
+    if not in_place:
+        for layer in module.model.modules():
+            if isinstance(layer, (torch.nn.ReLU, torch.nn.LeakyReLU)):
+                layer.inplace = False
+    optimiser = module.configure_optimizers()
+    if not fused_adam:
+        optimiser = torch.optim.Adam(module.model.parameters(), **{**optimiser.defaults, "fused": None})
 
     def step(x: torch.Tensor, y: torch.Tensor, index: int) -> None:
-        output = model(x, y)
-        terms = iiae_loss(x, y, output.reconstruction_x, output.reconstruction_y, output.posteriors, config.loss, index)
+        loss = module.training_step((x, y), index)
         optimiser.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        loss.backward()
         optimiser.step()
 
-    return step
+    return module.model.train(), optimiser, step
 
 
-def flops_per_step(model: IIAE, config, x: torch.Tensor, y: torch.Tensor) -> int:
+#: --ablation: the speed-ups of the training step, added one at a time (the last row is the default).
+ABLATION = {  # variant: (channels_last, in-place activations, fused Adam)
+    "plain (NCHW, out-of-place activations, per-tensor Adam)": (False, False, False),
+    "+ in-place activations": (False, True, False),
+    "+ channels_last": (True, True, False),
+    "+ fused Adam (the default)": (True, True, True),
+}
+
+
+def ablation(config, x: torch.Tensor, y: torch.Tensor, flops: int, steps: int, rounds: int) -> list[dict]:
+    """ms per step of each ABLATION variant on the same tensors, variants interleaved in every round (best kept),
+    and the utilisation against the best GEMM peak measured between the rounds."""
+    variants = {}
+    for name, (channels_last, in_place, fused_adam) in ABLATION.items():
+        variant = copy.deepcopy(config)
+        variant.train.channels_last = channels_last
+        _, _, step = make_step(variant, in_place=in_place, fused_adam=fused_adam)
+        timed(step, itertools.repeat((x, y)), 3)  # warm-up
+        variants[name] = step
+    best, peak = {name: float("inf") for name in variants}, 0.0
+    for _ in range(rounds):
+        peak = max(peak, gemm_peak_gflops())
+        for name, step in variants.items():
+            best[name] = min(best[name], timed(step, itertools.repeat((x, y)), steps))
+    return [{"variant": name, "ms_per_step": 1000 * seconds, "utilisation": flops / seconds / 1e9 / peak,
+             "gemm_peak_gflops": peak} for name, seconds in best.items()]  # fmt: skip
+
+
+def flops_per_step(config, x: torch.Tensor, y: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
+    _, _, step = make_step(config)
     with counter:
-        make_step(model, config)(x, y, 0)
+        step(x, y, 0)
     return counter.get_total_flops()
 
 
@@ -105,6 +154,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tensors, loader); best is kept")
     parser.add_argument("--synthetic", action="store_true", help="random in-memory pairs instead of the dataset")
+    parser.add_argument("--ablation", action="store_true", help="also time each speed-up of the step on and off")
     parser.add_argument("--json", help="write the results to this file too")
     args = parser.parse_args()
 
@@ -113,20 +163,20 @@ def main() -> None:
     config = build_config(flags)
     batch = config.train.batch_size
     torch.manual_seed(0)
-    peak = gemm_peak_gflops()
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # training_step logs; no Trainer here
 
     splits = synthetic_splits(config, 20 * batch) if args.synthetic else build_splits(config)
-    model = IIAE(config.model).train()
     loader = forever(PairedDataModule(splits, batch, config.data.num_workers, seed=0).train_dataloader())
     x, y = next(loader)
-    flops = flops_per_step(model, config, x, y)
+    flops = flops_per_step(config, x, y)
+    model, optimiser, step = make_step(config)
 
-    step = make_step(model, config)
     tensors = itertools.repeat((x, y))
     timed(step, tensors, 3)  # warm-up
     timed(step, loader, 3)
-    seconds_tensors, seconds_loader = float("inf"), float("inf")
-    for _ in range(args.rounds):  # alternating, so that a change of machine load hits both alike
+    seconds_tensors, seconds_loader, peak = float("inf"), float("inf"), 0.0
+    for _ in range(args.rounds):  # alternating, so that a change of machine load hits all three alike
+        peak = max(peak, gemm_peak_gflops())
         seconds_tensors = min(seconds_tensors, timed(step, tensors, args.steps))
         seconds_loader = min(seconds_loader, timed(step, loader, args.steps))
 
@@ -143,6 +193,8 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads",
         "load_average_1min": os.getloadavg()[0],
         "torch": torch.__version__,
+        "channels_last": config.train.channels_last,
+        "fused_adam": bool(optimiser.defaults["fused"]),
         "pairs_per_second_tensors": batch / seconds_tensors,
         "pairs_per_second_loader": batch / seconds_loader,
         "loader_to_tensor_ratio": seconds_tensors / seconds_loader,
@@ -151,7 +203,13 @@ def main() -> None:
         "gemm_peak_gflops": peak,
         "utilisation": achieved / peak,
     }
+    if args.ablation:
+        results["ablation"] = ablation(config, x, y, flops, args.steps, args.rounds)
     for key, value in results.items():
+        if key == "ablation":
+            for row in value:
+                print(f"{row['variant']:>56}: {row['ms_per_step']:.1f} ms/step, utilisation {row['utilisation']:.3f}")
+            continue
         print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -18,7 +18,8 @@ TINY_MODEL = [
 
 def test_throughput_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
-    args = ["--synthetic", "--batch-size", "8", "--steps", "1", "--rounds", "1", *TINY_MODEL, "--json", str(out)]
+    args = ["--synthetic", "--batch-size", "8", "--steps", "1", "--rounds", "1", "--ablation", *TINY_MODEL,
+            "--json", str(out)]  # fmt: skip
     run = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), *args], capture_output=True, text=True,
                          env=ONE_THREAD, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
@@ -27,6 +28,9 @@ def test_throughput_reports_every_figure(tmp_path: Path) -> None:
     for key in ("pairs_per_second_tensors", "pairs_per_second_loader", "loader_to_tensor_ratio", "gflop_per_step",
                 "achieved_gflops", "gemm_peak_gflops", "utilisation"):  # fmt: skip
         assert results[key] > 0, key
+    assert results["channels_last"] is True and results["fused_adam"] is True  # the run's defaults are timed
+    assert [row["variant"].split(" ")[0] for row in results["ablation"]] == ["plain", "+", "+", "+"]
+    assert all(row["ms_per_step"] > 0 and row["utilisation"] > 0 for row in results["ablation"])
 
 
 def test_time_to_accuracy_curve() -> None:

@@ -110,15 +110,15 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
 
 
 def test_flags_and_speed_switches_reach_the_run(tmp_path: Path) -> None:
-    """--devices/--num-nodes/--strategy set the config; bf16-mixed and channels_last train on CPU too."""
+    """--devices/--num-nodes/--strategy set the config; bf16-mixed and the contiguous layout train on CPU too."""
     from iiae.cli import build_config, make_parser
 
     flags = ["train", "--devices", "2", "--num-nodes", "3", "--strategy", "ddp", "--batch-size", "12"]
     train = build_config(make_parser().parse_args(flags)).train
     assert (train.devices, train.num_nodes, train.strategy) == (2, 3, "ddp")
-    assert (train.precision, train.channels_last, train.compile) == ("32-true", False, False)  # opt-in
+    assert (train.precision, train.channels_last, train.compile) == ("32-true", True, False)  # defaults
     data = tiny_idx_folder(tmp_path / "data")
-    switches = ["--set", "train.precision=bf16-mixed", "--set", "train.channels_last=true", "--steps", "3"]
+    switches = ["--set", "train.precision=bf16-mixed", "--set", "train.channels_last=false", "--steps", "3"]
     tiny = ["--data-source", "idx", "--data-root", str(data), *TINY]
     run = run_cli(["train", *tiny, *switches, "--out", str(tmp_path / "run")])
     assert run.returncode == 0, run.stderr[-3000:]

@@ -155,10 +155,10 @@ class TrainConfig:
     devices: int = 1  # processes (GPUs, or CPU processes) per node
     num_nodes: int = 1  # machines
     strategy: str = "auto"  # Lightning strategy: auto (ddp when devices x num_nodes > 1), ddp (others untested)
-    # Speed switches (opt-in; see benchmarks/gpu_check.py). None of them changes the defaults' arithmetic.
+    # Speed switches (benchmarks/throughput.py on CPU, benchmarks/gpu_check.py on a GPU).
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning precision; bf16-mixed on GPUs
-    channels_last: bool = False  # NHWC memory format for the convolutions (GPU tensor cores)
-    compile: bool = False  # torch.compile the model before training
+    channels_last: bool = True  # NHWC convolutions: 10 % (32x32) to 15 % (256x256) faster steps on CPU (oneDNN)
+    compile: bool = False  # torch.compile the model before training (no gain measured on CPU)
 
     def validate(self) -> None:
         _positive(self, "steps", "batch_size", "learning_rate", "log_every", "eval_batch_size")

