@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from iiae.config import TrainConfig
 from iiae.distributed import GlobalBatchNorm, GlobalBatchNormSync, process_rank
 from iiae.errors import ConfigError
 from iiae.resume import EpochShuffleSampler
-from tiny_runs import run_cli, tiny_idx_folder
+from tiny_runs import ONE_THREAD, SLOW_CLI, run_cli, tiny_idx_folder
 
 DDP_STEPS = 20
 TINY = [
@@ -73,40 +77,143 @@ def _train_rows(run: Path) -> dict[int, dict[str, float]]:
     return {int(row["step"]): {k: float(v) for k, v in row.items() if k.startswith("train/") and v} for row in rows}
 
 
-def test_two_processes_match_one_process(tmp_path: Path) -> None:
+DDP = ["--devices", "2", "--strategy", "ddp"]
+
+# Runs the CLI with a NaN put into the logged term l1_x (the loss and the gradients stay finite) at step NAN_STEP
+# in process NAN_RANK only: the case where processes could disagree about a step. A file, not ``python -c``:
+# Lightning's launcher starts process 1 by running the same script again.
+NAN_IN_ONE_PROCESS = """
+import os, sys
+import iiae.training as training
+loss = training.iiae_loss
+def loss_with_a_nan_term(*args, step, **kwargs):
+    terms = loss(*args, step=step, **kwargs)
+    if step == int(os.environ["NAN_STEP"]) and os.environ.get("LOCAL_RANK", "0") == os.environ["NAN_RANK"]:
+        terms["l1_x"] = terms["l1_x"] * float("nan")
+    return terms
+training.iiae_loss = loss_with_a_nan_term
+from iiae.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny data folder, the run of one process (``one``) and of two (``two``) on it."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = tiny_idx_folder(root / "data")
+    for name, extra in (("one", []), ("two", DDP)):
+        run = run_cli(["train", *_common(data), *extra, "--out", str(root / name)], cwd=root)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.count("run folder:") == 1  # process 1 prints nothing
+    return root
+
+
+def _common(data: Path) -> list[str]:
+    return ["--data-source", "idx", "--data-root", str(data), *TINY]
+
+
+def _assert_rows_match(rows: dict[int, dict[str, float]], expected: dict[int, dict[str, float]]) -> None:
+    assert sorted(rows) == sorted(expected) == list(range(DDP_STEPS))
+    for step, terms in expected.items():
+        assert terms.keys() == rows[step].keys()
+        for name, value in terms.items():
+            assert rows[step][name] == pytest.approx(value, rel=1e-5, abs=1e-5, nan_ok=True), (step, name)
+
+
+def test_two_processes_match_one_process(runs: Path, tmp_path: Path) -> None:
     """2 CPU processes x 4 pairs = 1 process x 8 pairs: every loss term of 20 steps within 1e-5 (relative),
     the same model selection and the same final retrieval table; only process 0 wrote the run folder; and a
     2-process run resumed from its checkpoint continues exactly."""
-    data = tiny_idx_folder(tmp_path / "data")
-    common = ["--data-source", "idx", "--data-root", str(data), *TINY]
-    one = run_cli(["train", *common, "--out", str(tmp_path / "one")], cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    ddp = ["--devices", "2", "--strategy", "ddp"]
-    two = run_cli(["train", *common, *ddp, "--out", str(tmp_path / "two")], cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("run folder:") == 1  # process 1 prints nothing
-
-    single, double = _train_rows(tmp_path / "one"), _train_rows(tmp_path / "two")
-    assert sorted(single) == sorted(double) == list(range(DDP_STEPS))
-    for step, terms in single.items():
-        assert terms.keys() == double[step].keys()
-        for name, value in terms.items():
-            assert double[step][name] == pytest.approx(value, rel=1e-5, abs=1e-5), (step, name)
-    metrics_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    metrics_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    single, double = _train_rows(runs / "one"), _train_rows(runs / "two")
+    _assert_rows_match(double, single)
+    metrics_one = json.loads((runs / "one" / "metrics.json").read_text())
+    metrics_two = json.loads((runs / "two" / "metrics.json").read_text())
     assert metrics_two["processes"] == 2
     assert metrics_two["retrieval"] == metrics_one["retrieval"]
     assert metrics_two["selection"]["history"] == metrics_one["selection"]["history"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]  # nothing written elsewhere
-    assert not (tmp_path / "two" / ".iiae.lock").exists()
+    assert sorted(p.name for p in runs.iterdir()) == ["data", "one", "two"]  # nothing written elsewhere
+    assert not (runs / "two" / ".iiae.lock").exists()
 
     # a 2-process run of 10 steps (mid-epoch), resumed to 20 in 2 processes, ends as the run never stopped
-    half = run_cli(["train", *common, *ddp, "--steps", "10", "--out", str(tmp_path / "resumed")], cwd=tmp_path)
+    common = _common(runs / "data")
+    half = run_cli(["train", *common, *DDP, "--steps", "10", "--out", str(tmp_path / "resumed")], cwd=tmp_path)
     assert half.returncode == 0, half.stderr[-3000:]
-    rest = run_cli(["train", *common, *ddp, "--resume", str(tmp_path / "resumed")], cwd=tmp_path)
+    rest = run_cli(["train", *common, *DDP, "--resume", str(tmp_path / "resumed")], cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert _train_rows(tmp_path / "resumed") == double
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["retrieval"] == metrics_two["retrieval"]
+
+
+def test_torchrun_launch_trains_what_lightnings_launcher_trains(runs: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m iiae.cli train --devices 2 ...`` (the README's multi-node form, one node)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*torchrun, "-m", "iiae.cli", "train", *_common(runs / "data"), *DDP, "--out", str(tmp_path / "run")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _train_rows(tmp_path / "run") == _train_rows(runs / "two")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    assert metrics["retrieval"] == json.loads((runs / "two" / "metrics.json").read_text())["retrieval"]
+
+
+def test_a_sigkilled_two_process_run_resumes_exactly(runs: Path, tmp_path: Path) -> None:
+    """SIGKILL of the launching process mid-run: no process is left behind, and --resume in 2 processes logs
+    the losses of the run that was never stopped."""
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    out = tmp_path / "killed"
+    args = [*_common(runs / "data"), *DDP, "--set", "train.checkpoint_every=1", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, str(script), "train", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={**ONE_THREAD, "IIAE_TEST_PAUSE": "0.3"},
+                               cwd=tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(int(path.name[5:-5]) >= 8 for path in out.glob("checkpoints/step=*.ckpt")):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint of step 8 within 2 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (out / "metrics.json").exists()
+    for _ in range(100):  # process 1 notices that process 0 is gone (its pipe to the launcher closes)
+        if str(script) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a training process outlived the SIGKILL of the launcher by 10 s")
+    rest = run_cli(["train", *_common(runs / "data"), *DDP, "--resume", str(out)], cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert _train_rows(out) == _train_rows(runs / "two")
+    assert json.loads((out / "metrics.json").read_text())["retrieval"] == json.loads(
+        (runs / "two" / "metrics.json").read_text()
+    )["retrieval"]
+
+
+def test_a_nan_in_one_process_skips_the_step_in_every_process(runs: Path, tmp_path: Path) -> None:
+    """A NaN seen by process 1 only: both processes skip that step (their weights stay equal, so the run logs
+    what one process logs when it skips the same step); with no skips allowed both stop, none hangs."""
+    script = tmp_path / "nan_cli.py"
+    script.write_text(NAN_IN_ONE_PROCESS)
+    skip = ["--set", "train.skip_nonfinite_steps=1"]
+
+    def run(name: str, nan_rank: int, extra: list[str]) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(script), "train", *_common(runs / "data"), *extra, "--out", str(tmp_path / name)]
+        env = {**ONE_THREAD, "NAN_STEP": "5", "NAN_RANK": str(nan_rank)}
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+    one = run("one", 0, skip)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run("two", 1, [*DDP, *skip])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "step 5: loss term l1_x is NaN; step skipped" in two.stderr  # process 1
+    assert "step 5: a loss term or gradient of another process is NaN or infinite; step skipped" in two.stderr
+    _assert_rows_match(_train_rows(tmp_path / "two"), _train_rows(tmp_path / "one"))
+    skipped, unskipped = _train_rows(tmp_path / "one"), _train_rows(runs / "one")
+    assert all(skipped[step]["train/loss"] != unskipped[step]["train/loss"] for step in range(6, DDP_STEPS))
+
+    stopped = run("stopped", 1, DDP)
+    assert stopped.returncode != 0
+    assert stopped.stderr.count("iiae: error: step 5 (numbered as in logs/metrics.csv)") == 2, stopped.stderr[-3000:]
 
 
 def test_flags_and_speed_switches_reach_the_run(tmp_path: Path) -> None:

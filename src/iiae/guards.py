@@ -2,7 +2,8 @@
 
 - :class:`NonFiniteGuard`: a NaN or infinite loss term or gradient stops training before the optimiser
   applies it, naming the step and the term; with ``train.skip_nonfinite_steps = n`` the first n such steps
-  are skipped instead (no update, batch-norm statistics restored).
+  are skipped instead (no update, batch-norm statistics restored). Under DDP the processes decide together:
+  a NaN in one of them skips the step (or stops the run) in all.
 - :class:`GracefulStop`: SIGTERM or Ctrl-C lets the current step finish, has it checkpointed (by
   :class:`iiae.checkpointing.RunCheckpoint`), then stops with :class:`RunInterrupted`; a second Ctrl-C stops
   at once.
@@ -58,6 +59,10 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
         problem = self.find_problem(pl_module)
+        if trainer.world_size > 1:  # DDP: every process skips (or stops) together, or their weights would part
+            if not trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+                return
+            problem = problem or "a loss term or gradient of another process is NaN or infinite"
         if problem is None:
             return
         step = trainer.global_step
