@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from iiae.data.cdcb import PairedImages, digit_intensity, hsv_to_rgb, make_cdcb, random_colours
+from iiae.data.cdcb import (
+    VALUE_RANGE,
+    PairedImages,
+    RecolouredCDCB,
+    digit_intensity,
+    hsv_to_rgb,
+    make_cdcb,
+    random_colours,
+)
 from iiae.errors import ConfigError, DataError
 
 
@@ -157,3 +165,62 @@ def test_bad_images_or_labels_are_data_errors() -> None:
 def test_empty_input_gives_empty_pairs() -> None:
     pairs = make_cdcb(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
     assert len(pairs) == 0 and pairs.x.shape == (0, 3, 32, 32)
+
+
+# ------------------------------------------------------------------------------- re-colouring every epoch
+def _recoloured(count: int = 12) -> RecolouredCDCB:
+    images, labels = _digits(count)
+    return RecolouredCDCB(make_cdcb(images, labels, seed=3, keep_intensity=True), seed=3)
+
+
+def test_epoch_zero_serves_the_fixed_pairs_later_epochs_new_colours_of_the_same_digits() -> None:
+    dataset = _recoloured()
+    fixed = dataset.pairs
+    keys = [3, 0, 7]
+    x0, y0 = dataset.__getitems__([(0, index) for index in keys])
+    assert torch.equal(x0, fixed.x[keys]) and torch.equal(y0, fixed.y[keys])
+    x1, y1 = dataset.__getitems__([(1, index) for index in keys])
+    background, digit_colour = dataset.colours(1)
+    assert not torch.allclose(background, fixed.background_colour_x)  # new colours ...
+    assert torch.equal((y1 > -1).any(dim=1), (y0 > -1).any(dim=1))  # ... on the same digit pixels
+    # the CDCB formulas with epoch 1's colours: X's background pixels, Y's full-ink pixels
+    torch.testing.assert_close(_to_unit(x1[:, :, 0, 0]), background[keys])
+    torch.testing.assert_close(_to_unit(y1[:, :, 8, 10]), digit_colour[keys])  # row 8 is full ink (255)
+    torch.testing.assert_close(dataset.__getitem__((1, 3))[0], x1[0])
+    assert torch.equal(_recoloured().__getitems__([(1, index) for index in keys])[0], x1)  # (seed, epoch) decide
+    assert not torch.equal(dataset.__getitems__([(2, index) for index in keys])[0], x1)
+    lowest = torch.cat(dataset.colours(5)).max(dim=1).values.min()
+    assert lowest >= VALUE_RANGE[0] - 1e-6  # the documented bright HSV range, every epoch
+
+
+def test_recoloured_needs_intensities_and_one_epoch_per_batch() -> None:
+    images, labels = _digits()
+    with pytest.raises(DataError, match="keep_intensity=True"):
+        RecolouredCDCB(make_cdcb(images, labels), seed=0)
+    with pytest.raises(DataError, match=r"one epoch, got epochs \[0, 1\]"):
+        _recoloured().__getitems__([(0, 1), (1, 2)])
+
+
+def test_recolouring_is_a_config_switch_of_the_cdcb_data_sets_only() -> None:
+    from iiae.config import DataConfig
+
+    assert DataConfig().recolour_every_epoch is False  # the paper's fixed data set is the default
+    DataConfig(dataset="fashion_mnist_cdcb", recolour_every_epoch=True).validate()
+    with pytest.raises(ConfigError, match="recolour_every_epoch applies to mnist_cdcb and fashion_mnist_cdcb"):
+        DataConfig(dataset="facades", recolour_every_epoch=True).validate()
+
+
+def test_the_training_loader_recolours_every_epoch_and_keeps_the_order() -> None:
+    from iiae.training import PairedDataModule, PairedSplits
+
+    dataset = _recoloured(16)
+    plain = PairedSplits(train=dataset.pairs, test=dataset.pairs, source="synthetic")
+    recoloured = PairedSplits(train=dataset.pairs, test=dataset.pairs, source="synthetic", recolour_seed=3)
+    loaders = [PairedDataModule(splits, 8, seed=1).train_dataloader() for splits in (plain, recoloured)]
+    for epoch in (0, 1):
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+        batches = [list(loader) for loader in loaders]
+        for (x_plain, y_plain), (x_new, y_new) in zip(*batches):
+            assert torch.equal((y_plain > -1).any(dim=1), (y_new > -1).any(dim=1))  # same pairs, same order
+            assert torch.equal(x_plain, x_new) == (epoch == 0)  # colours change after the first epoch only

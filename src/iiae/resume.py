@@ -57,12 +57,15 @@ class EpochShuffleSampler(Sampler[int]):
     and the incomplete global batch at the end is dropped. Global batch k is then pairs ``order[k B:(k + 1) B]``
     whatever the number of processes, the pairs one process of a ``world = 1`` run with ``batch_size = B`` sees.
     ``start`` skips the first indices (of this process) of the next iteration (set by :class:`ResumableDataLoader`
-    on resume).
+    on resume). ``with_epoch`` yields ``(epoch, index)`` keys instead of indices, for a dataset whose items
+    depend on the epoch (:class:`iiae.data.RecolouredCDCB`).
     """
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1) -> None:
+    def __init__(
+        self, size: int, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1, with_epoch: bool = False
+    ) -> None:
         self.size, self.seed, self.epoch, self.start = size, seed, 0, 0
-        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.rank, self.world, self.batch_size, self.with_epoch = rank, world, batch_size, with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,7 +83,10 @@ class EpochShuffleSampler(Sampler[int]):
             order = order[: batches * self.world * self.batch_size].view(batches, self.world, self.batch_size)
             order = order[:, self.rank].reshape(-1)
         start, self.start = self.start, 0
-        yield from order[start:].tolist()
+        if self.with_epoch:
+            yield from ((self.epoch, index) for index in order[start:].tolist())  # type: ignore[misc]
+        else:
+            yield from order[start:].tolist()
 
 
 class ResumableDataLoader(DataLoader):
@@ -94,11 +100,13 @@ class ResumableDataLoader(DataLoader):
     def __init__(
         self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, **kwargs: Any
     ) -> None:
-        """``batch_size``: pairs per process; ``rank`` of ``world`` processes (see :class:`EpochShuffleSampler`)."""
+        """``batch_size``: pairs per process; ``rank`` of ``world`` processes (see :class:`EpochShuffleSampler`).
+        A dataset with ``indexed_by_epoch = True`` gets ``(epoch, index)`` keys."""
+        with_epoch = getattr(dataset, "indexed_by_epoch", False)
         super().__init__(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(dataset), seed, rank, world, batch_size),  # type: ignore[arg-type]
+            sampler=EpochShuffleSampler(len(dataset), seed, rank, world, batch_size, with_epoch),  # type: ignore[arg-type]
             generator=torch.Generator().manual_seed(seed),  # worker seeds: never the global generator
             **kwargs,
         )

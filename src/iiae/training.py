@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from iiae.config import DataConfig, ExperimentConfig, TrainConfig, config_from_dict
 from iiae.errors import ConfigError
-from iiae.data import PairedImages, load_digits, make_cdcb
+from iiae.data import PairedImages, RecolouredCDCB, load_digits, make_cdcb
 from iiae.model import IIAE
 from iiae.objective import iiae_loss
 from iiae.resume import ResumableDataLoader, collect_rng_states, restore_rng_states
@@ -56,6 +56,7 @@ class PairedSplits:
     test: PairedImages
     source: str
     validation: PairedImages | None = None
+    recolour_seed: int | None = None  # MNIST-CDCB with data.recolour_every_epoch: training draws RecolouredCDCB
 
 
 def held_out_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -75,15 +76,18 @@ def build_cdcb_splits(data: DataConfig, image_size: int) -> PairedSplits:
     """
     dataset = "fashion_mnist" if data.dataset == "fashion_mnist_cdcb" else "mnist"
     digits = load_digits(data.source, data.root, dataset=dataset, split_seed=data.split_seed)
-    train = make_cdcb(digits.train_images, digits.train_labels, size=image_size, seed=2 * data.colour_seed)
+    train_seed = 2 * data.colour_seed
+    train = make_cdcb(digits.train_images, digits.train_labels, size=image_size, seed=train_seed,
+                      keep_intensity=data.recolour_every_epoch)  # fmt: skip
     kept, held = held_out_indices(len(train), data.validation_fraction, data.split_seed)
     if not kept:
         raise ConfigError(f"data.validation_fraction = {data.validation_fraction} leaves no training pairs")
     return PairedSplits(
         train=train.subset(kept) if held else train,
-        test=make_cdcb(digits.test_images, digits.test_labels, size=image_size, seed=2 * data.colour_seed + 1),
+        test=make_cdcb(digits.test_images, digits.test_labels, size=image_size, seed=train_seed + 1),
         source=digits.source,
         validation=train.subset(held) if held else None,
+        recolour_seed=train_seed if data.recolour_every_epoch else None,
     )
 
 
@@ -103,8 +107,14 @@ class PairedDataModule(L.LightningDataModule):
         if world > 1 and len(train) < self.batch_size:  # every process would get an empty epoch
             raise ConfigError(f"{len(train)} training pairs are fewer than the global batch ({self.batch_size})")
         extra = {} if isinstance(train, Dataset) else {"collate_fn": whole_batch}  # in memory: one index per batch
+        if isinstance(train, Dataset):
+            dataset: Dataset = train
+        elif self.splits.recolour_seed is not None:  # new colours every epoch, from (seed, epoch)
+            dataset = RecolouredCDCB(train, self.splits.recolour_seed)
+        else:
+            dataset = PairDataset(train)
         return ResumableDataLoader(  # order = f(seed, epoch); Lightning saves the position for --resume
-            train if isinstance(train, Dataset) else PairDataset(train),
+            dataset,
             batch_size=self.batch_size // world,
             seed=self.seed,
             rank=rank,

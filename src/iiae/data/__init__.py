@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from iiae.data.cdcb import PairedImages, digit_intensity, hsv_to_rgb, make_cdcb, random_colours
+from iiae.data.cdcb import (
+    PairedImages,
+    RecolouredCDCB,
+    compose_cdcb,
+    digit_intensity,
+    hsv_to_rgb,
+    make_cdcb,
+    random_colours,
+)
 from iiae.data.idx import read_idx, write_idx
 from iiae.data.mnist import DATASETS, SOURCES, DigitSet, load_digits, split_indices
 
@@ -11,6 +19,8 @@ __all__ = [
     "SOURCES",
     "DigitSet",
     "PairedImages",
+    "RecolouredCDCB",
+    "compose_cdcb",
     "digit_intensity",
     "hsv_to_rgb",
     "load_digits",

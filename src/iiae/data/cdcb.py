@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn.functional import interpolate, pad
+from torch.utils.data import Dataset
 
 from iiae.errors import ConfigError, DataError
 
@@ -31,7 +32,9 @@ class PairedImages:
     """Paired images of two domains, float32 ``[N, 3, S, S]`` in [-1, 1], with labels and the colours drawn.
 
     ``background_colour_x`` is the CB background colour of each X image and ``digit_colour_y`` the CD digit
-    colour of each Y image, both float32 ``[N, 3]`` RGB in [0, 1].
+    colour of each Y image, both float32 ``[N, 3]`` RGB in [0, 1]. ``intensity`` (optional, MNIST-CDCB only) is
+    the digit intensity ``m`` of each pair, float32 ``[N, 1, S, S]``: what :class:`RecolouredCDCB` needs to draw
+    the pairs again in other colours.
     """
 
     x: torch.Tensor
@@ -39,6 +42,7 @@ class PairedImages:
     labels: torch.Tensor
     background_colour_x: torch.Tensor
     digit_colour_y: torch.Tensor
+    intensity: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         """Check that every field describes the same number of images."""
@@ -63,6 +67,7 @@ class PairedImages:
             labels=self.labels[index],
             background_colour_x=self.background_colour_x[index],
             digit_colour_y=self.digit_colour_y[index],
+            intensity=None if self.intensity is None else self.intensity[index],
         )
 
 
@@ -126,27 +131,92 @@ def digit_intensity(images: np.ndarray, size: int) -> torch.Tensor:
     return resized.clamp_(0.0, 1.0)
 
 
-def make_cdcb(images: np.ndarray, labels: np.ndarray, *, size: int = 32, seed: int = 0) -> PairedImages:
+def cdcb_colours(count: int, seed: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` CB background colours, then ``count`` CD digit colours, from ``numpy.random.default_rng(seed)``."""
+    generator = np.random.default_rng(seed)
+    background = torch.from_numpy(random_colours(count, generator))
+    return background, torch.from_numpy(random_colours(count, generator))
+
+
+def compose_cdcb(
+    intensity: torch.Tensor, background: torch.Tensor, digit_colour: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """X (white digit on ``background``) and Y (digit in ``digit_colour`` on black), ``[N, 3, S, S]`` in [-1, 1],
+    from the digit intensity ``[N, 1, S, S]`` and ``[N, 3]`` colours."""
+    # In [-1, 1]: X = 2*(b*(1-m) + m) - 1 = (2b - 1) + m*(2 - 2b);  Y = 2*c*m - 1. One pass over the output each.
+    b, c = background[:, :, None, None], digit_colour[:, :, None, None]
+    x = torch.addcmul(2.0 * b - 1.0, intensity, 2.0 - 2.0 * b)
+    y = torch.addcmul(torch.tensor(-1.0), intensity, 2.0 * c)
+    return x, y
+
+
+def make_cdcb(
+    images: np.ndarray, labels: np.ndarray, *, size: int = 32, seed: int = 0, keep_intensity: bool = False
+) -> PairedImages:
     """Build MNIST-CDCB pairs from uint8 ``[N, 28, 28]`` digits.
 
     ``numpy.random.default_rng(seed)`` draws the N CB background colours first, then the N CD digit colours.
     Returns X (white digit on coloured background) and Y (coloured digit on black), ``[N, 3, size, size]``
-    float32 in [-1, 1].
+    float32 in [-1, 1]; with ``keep_intensity`` also the digit intensities (for :class:`RecolouredCDCB`).
     """
     images = np.ascontiguousarray(images)  # torch.from_numpy refuses negative strides (e.g. images[::-1])
     labels = np.asarray(labels)
     _check_inputs(images, labels, size)
-    generator = np.random.default_rng(seed)
-    background = torch.from_numpy(random_colours(len(images), generator))
-    digit_colour = torch.from_numpy(random_colours(len(images), generator))
+    background, digit_colour = cdcb_colours(len(images), seed)
     intensity = digit_intensity(images, int(size))
-    # In [-1, 1]: X = 2*(b*(1-m) + m) - 1 = (2b - 1) + m*(2 - 2b);  Y = 2*c*m - 1. One pass over the output each.
-    x = torch.addcmul((2.0 * background - 1.0)[:, :, None, None], intensity, (2.0 - 2.0 * background)[:, :, None, None])
-    y = torch.addcmul(torch.tensor(-1.0), intensity, (2.0 * digit_colour)[:, :, None, None])
+    x, y = compose_cdcb(intensity, background, digit_colour)
     return PairedImages(
         x=x,
         y=y,
         labels=torch.from_numpy(labels.astype(np.int64)),
         background_colour_x=background,
         digit_colour_y=digit_colour,
+        intensity=intensity if keep_intensity else None,
     )
+
+
+class RecolouredCDCB(Dataset):
+    """MNIST-CDCB training pairs drawn in new colours every epoch (``data.recolour_every_epoch``).
+
+    Epoch 0 serves ``pairs`` as they are (the fixed colours); epoch e > 0 draws every pair's CB background and
+    CD digit colour again from ``numpy.random.default_rng([seed, e])``, so the colours are a function of (seed,
+    epoch) and a resumed or multi-process run sees the pairs a single uninterrupted run sees. The digits never
+    change. Keys are ``(epoch, index)`` (:class:`iiae.resume.EpochShuffleSampler` with ``with_epoch``), so the
+    epoch reaches DataLoader workers too.
+    """
+
+    indexed_by_epoch = True  # read by iiae.resume.ResumableDataLoader
+
+    def __init__(self, pairs: PairedImages, seed: int) -> None:
+        if pairs.intensity is None:
+            raise DataError("RecolouredCDCB needs pairs made with make_cdcb(..., keep_intensity=True)")
+        self.pairs, self.seed = pairs, seed
+        self._colours: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, backgrounds, digit colours)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def colours(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``[N, 3]`` background and digit colours of every pair in ``epoch`` (cached for the last epoch)."""
+        if epoch == 0:
+            return self.pairs.background_colour_x, self.pairs.digit_colour_y
+        if self._colours is None or self._colours[0] != epoch:
+            self._colours = (epoch, *cdcb_colours(len(self.pairs), [self.seed, epoch]))
+        return self._colours[1], self._colours[2]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch of (x, y) from ``(epoch, index)`` keys of one epoch."""
+        epochs = {epoch for epoch, _ in keys}
+        if len(epochs) != 1:
+            raise DataError(f"a batch of RecolouredCDCB must come from one epoch, got epochs {sorted(epochs)}")
+        epoch = epochs.pop()
+        index = torch.as_tensor([position for _, position in keys], dtype=torch.long)
+        if epoch == 0:
+            return self.pairs.x[index], self.pairs.y[index]
+        background, digit_colour = self.colours(epoch)
+        assert self.pairs.intensity is not None
+        return compose_cdcb(self.pairs.intensity[index], background[index], digit_colour[index])
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([key])
+        return x[0], y[0]

@@ -20,14 +20,12 @@ _CHUNK = 256
 
 
 def _render_cdcb(digits, background: torch.Tensor, digit_colour: torch.Tensor, size: int):
-    """MNIST-CDCB at ``size`` with given colours: the formula of :func:`iiae.data.cdcb.make_cdcb`, in chunks."""
-    from iiae.data.cdcb import digit_intensity
+    """MNIST-CDCB at ``size`` with given colours (:func:`iiae.data.cdcb.compose_cdcb`), in chunks."""
+    from iiae.data.cdcb import compose_cdcb, digit_intensity
 
     for start in range(0, len(digits), _CHUNK):
-        m = digit_intensity(digits[start : start + _CHUNK], size)
-        b = background[start : start + _CHUNK, :, None, None]
-        c = digit_colour[start : start + _CHUNK, :, None, None]
-        yield (2.0 * b - 1.0) + m * (2.0 - 2.0 * b), 2.0 * c * m - 1.0
+        chunk = slice(start, start + _CHUNK)
+        yield compose_cdcb(digit_intensity(digits[chunk], size), background[chunk], digit_colour[chunk])
 
 
 def export_cdcb(config, out: Path, size: int, layout: str, limit: int | None) -> dict[str, int]:
