@@ -62,3 +62,25 @@ def test_bundled_zs_configs_carry_the_paper_recipe():
     assert config.model.code_dim == 64 and config.train.epochs == 10 and config.train.adam_beta1 == 0.5
     assert config.paper["IIAE"] == {"map_all": 0.573, "precision_at_100": 0.659}
     assert load_zs_config("zs_sketchy_yelamarthi").data.unseen == "yelamarthi_21"
+
+
+def test_zs_config_files_are_read_like_the_main_ones(tmp_path):
+    """Errors name the file or the name; an empty file gives the defaults (the main configs refuse one)."""
+    from iiae.errors import ConfigError
+    from iiae.zsbir.config import ZSConfig
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_zs_config(empty) == ZSConfig()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [")
+    with pytest.raises(ConfigError, match=f"config file {broken} is not valid YAML"):
+        load_zs_config(broken)
+    with pytest.raises(ConfigError, match=r"does not exist \(bundled configs: zs_sketchy"):
+        load_zs_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"'zs_nope' is neither a YAML file nor a bundled config \(zs_sketchy"):
+        load_zs_config("zs_nope")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model:\n  code_dimension: 3\n")
+    with pytest.raises(ConfigError, match=f"{unknown}: .*code_dimension"):
+        load_zs_config(unknown)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from iiae.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -313,44 +316,60 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     return _build(ExperimentConfig, values, "").validate()
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read a YAML config file, naming the file in every error."""
+def read_config_file(path: str | Path, empty: str | None = None, bundled: list[str] | None = None) -> dict:
+    """The values of a YAML config file; a ConfigError naming the file if it is missing or not YAML.
+
+    ``empty``: what a config must hold, for the error about an empty file (None: an empty file is ``{}``).
+    ``bundled``: names the error about a missing file lists as alternatives.
+    """
     path = Path(path)
     if not path.is_file():
-        bundled = bundled_config_names()
-        raise ConfigError(f"config file {path} does not exist (bundled configs: {', '.join(bundled)})")
+        alternatives = f" (bundled configs: {', '.join(bundled)})" if bundled else ""
+        raise ConfigError(f"config file {path} does not exist{alternatives}")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if values is None:
-        raise ConfigError(f"config file {path} is empty; expected sections model, loss, data, train")
+    if values is None and empty is not None:
+        raise ConfigError(f"config file {path} is empty; expected {empty}")
+    return {} if values is None else values
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a YAML config file, naming the file in every error."""
+    values = read_config_file(path, empty="sections model, loss, data, train", bundled=bundled_config_names())
     try:
         return config_from_dict(values)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 
 
+def bundled_names(package: str) -> list[str]:
+    """Names of the YAML configs in ``package``'s ``configs`` folder."""
+    folder = resources.files(package) / "configs"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def bundled_config_names() -> list[str]:
     """Names of the configs shipped with the package (one per paper experiment)."""
-    folder = resources.files("iiae") / "configs"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return bundled_names("iiae")
+
+
+def resolve_named_config(name_or_path: str | Path, package: str, load: Callable[[Path], T]) -> T:
+    """``load`` of a YAML file path, or of the config of that name bundled in ``package``'s ``configs``."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return load(candidate)
+    names = bundled_names(package)
+    if str(name_or_path) in names:
+        with resources.as_file(resources.files(package) / "configs" / f"{name_or_path}.yaml") as bundled:
+            return load(bundled)
+    raise ConfigError(f"config {name_or_path!r} is neither a YAML file nor a bundled config ({', '.join(names)})")
 
 
 def resolve_config(name_or_path: str | Path | None) -> ExperimentConfig:
     """A path to a YAML file, or the name of a bundled config (``mnist_cdcb``); None gives the default one."""
-    if name_or_path is None:
-        name_or_path = "mnist_cdcb"
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        return load_config(candidate)
-    if str(name_or_path) in bundled_config_names():
-        with resources.as_file(resources.files("iiae") / "configs" / f"{name_or_path}.yaml") as bundled:
-            return load_config(bundled)
-    raise ConfigError(
-        f"config {name_or_path!r} is neither a YAML file nor a bundled config "
-        f"({', '.join(bundled_config_names())})"
-    )
+    return resolve_named_config("mnist_cdcb" if name_or_path is None else name_or_path, "iiae", load_config)
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

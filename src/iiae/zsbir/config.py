@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from iiae.config import LossConfig, _build
+from iiae.config import LossConfig, _build, bundled_names, read_config_file, resolve_named_config
 from iiae.errors import ConfigError
 
 
@@ -152,30 +151,21 @@ def zs_config_from_dict(values: dict[str, Any]) -> ZSConfig:
 
 
 def bundled_zs_config_names() -> list[str]:
-    folder = resources.files("iiae.zsbir") / "configs"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return bundled_names("iiae.zsbir")
 
 
 def load_zs_config(name_or_path: str | Path | None = None) -> ZSConfig:
-    """A bundled config name (``zs_sketchy``) or a YAML file; None gives ``zs_sketchy``."""
-    name_or_path = "zs_sketchy" if name_or_path is None else name_or_path
-    candidate = Path(name_or_path)
-    if candidate.suffix not in (".yaml", ".yml") and not candidate.exists():
-        if str(name_or_path) not in bundled_zs_config_names():
-            raise ConfigError(f"zs config {name_or_path!r} is neither a YAML file nor a bundled one "
-                              f"({', '.join(bundled_zs_config_names())})")
-        with resources.as_file(resources.files("iiae.zsbir") / "configs" / f"{name_or_path}.yaml") as path:
-            return load_zs_config(path)
-    if not candidate.is_file():
-        raise ConfigError(f"config file {candidate} does not exist")
-    try:
-        values = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {candidate} is not valid YAML: {str(error).splitlines()[0]}") from None
-    try:
-        return zs_config_from_dict(values or {})
-    except ConfigError as error:
-        raise ConfigError(f"{candidate}: {error}") from None
+    """A bundled config name (``zs_sketchy``) or a YAML file; None gives ``zs_sketchy``. An empty file gives
+    the defaults."""
+
+    def load(path: Path) -> ZSConfig:
+        values = read_config_file(path, bundled=bundled_zs_config_names())
+        try:
+            return zs_config_from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    return resolve_named_config("zs_sketchy" if name_or_path is None else name_or_path, "iiae.zsbir", load)
 
 
 def save_zs_config(config: ZSConfig, path: str | Path) -> None:
