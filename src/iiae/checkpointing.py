@@ -35,7 +35,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from iiae.config import ExperimentConfig
 from iiae.errors import CheckpointError, OutputError
-from iiae.model import check_state_dict
+from iiae.model import check_finite, check_state_dict
 from iiae.resume import LOG_ROWS_KEY, collect_rng_states, count_log_rows, restore_rng_states
 
 CHECKPOINT_DIR = "checkpoints"
@@ -104,8 +104,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     for name, tensor in checkpoint["state_dict"].items():
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"checkpoint {path}: state_dict entry {name} is not a tensor")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"checkpoint {path}: tensor {name} holds NaN or Inf values")
+    check_finite(checkpoint["state_dict"], f"checkpoint {path}")
     return checkpoint
 
 

@@ -45,6 +45,14 @@ def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.T
         raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]} (a different model?)")
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming the first floating-point tensor of ``state`` with a NaN or Inf value; ``source``
+    names the file in the message."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source}: tensor {name} holds NaN or Inf values")
+
+
 @dataclass
 class IIAEOutput:
     """What one training forward pass produces: the posteriors and the two reconstructions."""
@@ -195,8 +203,6 @@ class IIAE(nn.Module):
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from None
         check_state_dict(state, model.state_dict(), str(weights_path))
-        for name, tensor in state.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise CheckpointError(f"{weights_path}: tensor {name} holds NaN or Inf values")
+        check_finite(state, str(weights_path))
         model.load_state_dict(state, assign=True)
         return model.eval()
