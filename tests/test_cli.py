@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from iiae import IIAE
@@ -48,6 +49,8 @@ def test_train_writes_every_output(tiny_run):
     assert "shared_x_to_y" in stdout and str(out) in stdout
     report = (out / "report.md").read_text()
     assert "translation.png" in report and "99.7" in report  # the paper's number beside ours
+    config_block = report.split("## Config\n\n```yaml\n")[1].split("```")[0]
+    assert yaml.safe_load(config_block) == yaml.safe_load((out / "config.yaml").read_text())  # the run's config
     header = (out / "logs" / "metrics.csv").read_text().splitlines()[0]
     for term in ("l1_x", "l1_y", "kl_exclusive_x", "kl_exclusive_y", "kl_joint", "kl_joint_to_r_x", "kl_joint_to_r_y"):
         assert f"train/{term}" in header

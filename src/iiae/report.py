@@ -92,12 +92,12 @@ shared content (the digit).
 
 ![loss curves](loss_curves.png)
 
-## Config
-
-```yaml
-{yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip()}
-```
-"""
+{config_section(config.to_dict())}"""
     path = out_dir / "report.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def config_section(values: dict) -> str:
+    """The last section of a run's report.md: the run's config, as YAML."""
+    return f"## Config\n\n```yaml\n{yaml.safe_dump(values, sort_keys=False).rstrip()}\n```\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
+from iiae.report import config_section
 from iiae.zsbir.config import ZSConfig
 from iiae.zsbir.metrics import top_k_indices
 
@@ -105,12 +105,7 @@ Extended with 512-d ImageNet VGG-16 features; numbers on other data are not comp
 {results_table(metrics)}
 
 {figure}
-## Config
-
-```yaml
-{yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip()}
-```
-"""
+{config_section(config.to_dict())}"""
     path = out_dir / "report.md"
     path.write_text(text, encoding="utf-8")
     return path
