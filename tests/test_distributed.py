@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,6 +152,41 @@ def test_torchrun_launch_trains_what_lightnings_launcher_trains(runs: Path, tmp_
     command = [*torchrun, "-m", "iiae.cli", "train", *_common(runs / "data"), *DDP, "--out", str(tmp_path / "run")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert _train_rows(tmp_path / "run") == _train_rows(runs / "two")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    assert metrics["retrieval"] == json.loads((runs / "two" / "metrics.json").read_text())["retrieval"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
+def test_two_nodes_train_what_one_node_of_two_processes_trains(runs: Path, tmp_path: Path, launcher: str) -> None:
+    """The README's multi-node launches, with two "nodes" of one process on this machine sharing the run folder:
+    Lightning's launcher (MASTER_ADDR, MASTER_PORT, NODE_RANK) and torchrun --nnodes 2. Only node 0 writes."""
+    port = _free_port()
+    train = ["train", *_common(runs / "data"), "--devices", "1", "--num-nodes", "2", "--strategy", "ddp",
+             "--out", str(tmp_path / "run")]  # fmt: skip
+    nodes = []
+    for node in (0, 1):
+        if launcher == "torchrun":
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                       "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                       "-m", "iiae.cli", *train]  # fmt: skip
+            env = ONE_THREAD
+        else:
+            command = [sys.executable, "-m", "iiae.cli", *train]
+            env = {**ONE_THREAD, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node)}
+        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                      cwd=tmp_path))  # fmt: skip
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-3000:]
+    assert outputs[0][0].count("run folder:") == 1 and "run folder:" not in outputs[1][0]  # node 1 prints nothing
     assert _train_rows(tmp_path / "run") == _train_rows(runs / "two")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2
