@@ -48,6 +48,42 @@ def test_evaluate_a_run_folder_refreshes_its_metrics_and_keeps_the_rest(run, cap
     assert written["retrieval"] == metrics["retrieval"]  # the main job and iiae evaluate: one code path
     assert written["selection"] == metrics["selection"] and written["steps"] == 2
     assert written["evaluated"]["model"] == str(out / "model") and written["evaluated"]["test_pairs"] == 32
+    # the measures are recomputed for the evaluated model and pairs: the same model and pairs, the same numbers
+    assert "translation fidelity: digit classifier reads" in printed and "leakage: digit class from z^s" in printed
+    # (to rounding: the main job measured the model in training's channels_last layout, evaluate the export)
+    fidelity = written["translation_fidelity"]
+    assert fidelity["class_accuracy"] == metrics["translation_fidelity"]["class_accuracy"]
+    _assert_close(fidelity["colour_error"], metrics["translation_fidelity"]["colour_error"])
+    _assert_close(written["leakage"], metrics["leakage"])
+
+
+def _assert_close(value, expected, path="") -> None:  # noqa: ANN001
+    """Equal JSON trees, numbers within 1e-5 (relative)."""
+    if isinstance(expected, dict):
+        assert value.keys() == expected.keys(), path
+        for key in expected:
+            _assert_close(value[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, float):
+        assert value == pytest.approx(expected, rel=1e-5, abs=1e-7), path
+    else:
+        assert value == expected, path
+
+
+def test_evaluate_without_measures_and_measures_of_other_data(run, tmp_path, capsys):
+    """--no-measures writes retrieval only and keeps a file's measures; measures {} (data without known factors)
+    remove them, as they would describe other pairs."""
+    out, metrics = run
+    target = tmp_path / "metrics.json"
+    target.write_text(json.dumps({"leakage": "kept", "translation_fidelity": "kept", "note": "kept"}))
+    assert main(["evaluate", str(out), "--json", str(target), "--no-measures"]) == 0
+    assert "translation fidelity" not in capsys.readouterr().out
+    written = json.loads(target.read_text())
+    assert written["leakage"] == written["translation_fidelity"] == "kept" and written["retrieval"]
+
+    from iiae.trained import load_trained, write_metrics
+
+    write_metrics(target, written["retrieval"], load_trained(out), 32, "other pairs", measures={})
+    assert set(json.loads(target.read_text())) == {"note", "retrieval", "evaluated"}
 
 
 def test_evaluate_the_selected_checkpoint_and_a_model_folder(run, tmp_path, capsys):

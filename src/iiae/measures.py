@@ -20,6 +20,7 @@ from iiae.fidelity import translation_fidelity
 from iiae.model import IIAE
 from iiae.probes import CODES, FACTORS, leakage_table
 
+MEASURE_KEYS = ("translation_fidelity", "leakage", "measure_seconds")  # what evaluate_measures adds to metrics.json
 MAX_PROBE_FIT_PAIRS = 4000  # training pairs whose codes fit the probes (a seeded subset when there are more)
 CODE_NAMES = {"shared_x": "z^s (r^x)", "shared_y": "z^s (r^y)", "exclusive_x": "z^x", "exclusive_y": "z^y"}
 FACTOR_NAMES = {"digit_class": "digit class", "background_colour_x": "background colour (X)",
@@ -139,6 +140,21 @@ from z^y and low from z^s and z^x.
 
 {leakage_markdown(leakage)}
 """
+
+
+def measures_summary(measures: dict) -> str:
+    """Two printed lines: how many translated digits the classifier reads, and what the codes leak."""
+    accuracy = measures["translation_fidelity"]["class_accuracy"]
+    leakage = measures["leakage"]
+    colours = [f"{FACTOR_NAMES[factor]} from z^s (r^x / r^y) R^2 {leakage[factor]['shared_x']:.2f} / "
+               f"{leakage[factor]['shared_y']:.2f}" for factor in ("background_colour_x", "digit_colour_y")]  # fmt: skip
+    return (
+        f"translation fidelity: digit classifier reads {accuracy['real_x']:.1f} % of real digits, "
+        f"{accuracy['x_to_y']:.1f} % of X->Y and {accuracy['y_to_x']:.1f} % of Y->X translations (prior codes)\n"
+        f"leakage: digit class from z^s {leakage['digit_class']['shared_x']:.1f} %, from z^x / z^y "
+        f"{leakage['digit_class']['exclusive_x']:.1f} / {leakage['digit_class']['exclusive_y']:.1f} %; "
+        + "; ".join(colours)
+    )
 
 
 def run_measures(model: IIAE, splits, batch_size: int = 500, cache_dir: str | Path | None = None) -> dict:

@@ -21,6 +21,7 @@ from typing import Any
 
 from iiae.config import ExperimentConfig, config_from_dict, load_config
 from iiae.errors import CheckpointError, ConfigError, OutputError
+from iiae.measures import MEASURE_KEYS
 from iiae.model import CONFIG_FILE, IIAE
 
 RUN_CONFIG = "config.yaml"
@@ -113,11 +114,20 @@ def load_trained(path: str | Path) -> TrainedModel:
     return TrainedModel(model, model_folder, _run_config(run_dir) if run_dir else None, run_dir, None)
 
 
-def write_metrics(path: str | Path, table: dict, trained: TrainedModel, test_pairs: int, data_source: str) -> Path:
+def write_metrics(
+    path: str | Path,
+    table: dict,
+    trained: TrainedModel,
+    test_pairs: int,
+    data_source: str,
+    measures: dict | None = None,
+) -> Path:
     """Write the retrieval table (and what was evaluated) as JSON; an existing metrics file keeps its other keys.
 
     So evaluating a run folder refreshes the ``retrieval`` of its ``metrics.json`` and leaves the training
-    facts (time, steps, model selection) as the main job wrote them.
+    facts (time, steps, model selection) as the main job wrote them. ``measures`` (``iiae.measures``: fidelity
+    and leakage of this model on these pairs) replace the file's measures; ``{}`` (data without known factors)
+    removes them, as they would describe other data; None leaves them as they are.
     """
     path = Path(path)
     existing: dict[str, Any] = {}
@@ -129,6 +139,10 @@ def write_metrics(path: str | Path, table: dict, trained: TrainedModel, test_pai
         if not isinstance(existing, dict):
             raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
     existing["retrieval"] = table
+    if measures is not None:
+        for key in MEASURE_KEYS:
+            existing.pop(key, None)
+        existing.update(measures)
     existing["evaluated"] = {
         "model": str(trained.source),
         "step": trained.step,
