@@ -266,3 +266,15 @@ def test_flags_and_speed_switches_reach_the_run(tmp_path: Path) -> None:
     run = run_cli(["train", *tiny, *switches, "--out", str(tmp_path / "run")])
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
+
+
+def test_strategies_other_than_ddp_are_refused_in_one_line(tmp_path: Path) -> None:
+    """ddp_spawn crashed with a traceback (it cannot pickle the run's callbacks); fsdp/deepspeed would break the
+    checkpoints: both are refused before anything is written."""
+    from iiae.cli import build_config, make_parser
+
+    with pytest.raises(ConfigError, match="train.strategy must be one of auto, ddp; got 'fsdp'"):
+        build_config(make_parser().parse_args(["train", "--set", "train.strategy=fsdp"]))
+    run = run_cli(["train", "--strategy", "ddp_spawn", "--out", str(tmp_path / "run")])
+    assert run.returncode == 2 and "invalid choice: 'ddp_spawn'" in run.stderr and len(run.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -189,7 +189,8 @@ def make_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument("--devices", type=int, help="processes per node, one per GPU (DDP; README) [1]")
     train.add_argument("--num-nodes", type=int, help="machines (DDP over nodes; README) [1]")
-    train.add_argument("--strategy", help="Lightning strategy: auto (ddp when several processes), ddp [auto]")
+    train.add_argument("--strategy", choices=["auto", "ddp"], help="Lightning strategy: auto (ddp when several "
+                       "processes) or ddp [auto]")  # fmt: skip
     train.set_defaults(handler=_command_train)
 
     evaluate = commands.add_parser("evaluate", help="cross-domain retrieval of a trained model (prints, writes JSON)")

@@ -164,7 +164,9 @@ class TrainConfig:
     # devices x num_nodes processes trains on batch_size / (devices x num_nodes) pairs of it (must divide).
     devices: int = 1  # processes (GPUs, or CPU processes) per node
     num_nodes: int = 1  # machines
-    strategy: str = "auto"  # Lightning strategy: auto (ddp when devices x num_nodes > 1), ddp (others untested)
+    # Lightning strategy: auto (ddp when devices x num_nodes > 1) or ddp. Others are refused: ddp_spawn cannot
+    # pickle the run's callbacks, and sharded ones (fsdp, deepspeed) would break the exact-resume checkpoints.
+    strategy: Literal["auto", "ddp"] = "auto"
     # Speed switches (benchmarks/throughput.py on CPU, benchmarks/gpu_check.py on a GPU).
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning precision; bf16-mixed on GPUs
     channels_last: bool = True  # NHWC convolutions: 10 % (32x32) to 15 % (256x256) faster steps on CPU (oneDNN)
