@@ -278,3 +278,19 @@ def test_strategies_other_than_ddp_are_refused_in_one_line(tmp_path: Path) -> No
     run = run_cli(["train", "--strategy", "ddp_spawn", "--out", str(tmp_path / "run")])
     assert run.returncode == 2 and "invalid choice: 'ddp_spawn'" in run.stderr and len(run.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_gpus_this_machine_lacks_are_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--accelerator gpu without a GPU (or more --devices than GPUs) was a Lightning traceback after config.yaml
+    had been written; now one line, exit 2, no folder."""
+    from iiae.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--accelerator", "gpu", "--out", str(out)]) == 2
+    assert "train.accelerator gpu: no CUDA GPU is visible here" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["train", "--accelerator", "auto", "--devices", "2", "--out", str(out)]) == 2
+    assert "train.devices = 2 GPUs per node requested, this machine has 1" in capsys.readouterr().err
+    assert not out.exists()
