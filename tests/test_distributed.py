@@ -284,7 +284,7 @@ def test_gpus_this_machine_lacks_are_refused_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """--accelerator gpu without a GPU (or more --devices than GPUs) was a Lightning traceback after config.yaml
-    had been written; now one line, exit 2, no folder."""
+    had been written (in zs-sbir, after the feature stage); now one line, exit 2, no folder."""
     from iiae.cli import main
 
     out = tmp_path / "run"
@@ -294,3 +294,13 @@ def test_gpus_this_machine_lacks_are_refused_before_anything_is_written(
     assert main(["train", "--accelerator", "auto", "--devices", "2", "--out", str(out)]) == 2
     assert "train.devices = 2 GPUs per node requested, this machine has 1" in capsys.readouterr().err
     assert not out.exists()
+
+    from iiae.zsbir.config import load_zs_config
+    from iiae.zsbir.train import run_zs_sbir
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    zs = load_zs_config("zs_sketchy")
+    zs.train.accelerator = "gpu"
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible here"):  # before the feature stage (minutes)
+        run_zs_sbir(zs, tmp_path / "zs")
+    assert not (tmp_path / "zs").exists()

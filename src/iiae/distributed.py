@@ -18,8 +18,29 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
 
+from iiae.errors import ConfigError
+
 # torch 2.13 marks it deprecated in favour of a private module; it is the differentiable all-reduce needed here
 warnings.filterwarnings("ignore", message=r".*torch\.distributed\.nn\.functional\.all_reduce is deprecated.*")
+
+
+def lightning_accelerator(requested: str) -> str:
+    """The Lightning name of a config's accelerator (``cuda`` is Lightning's ``gpu``)."""
+    return "gpu" if requested in ("cuda", "gpu") else requested
+
+
+def check_accelerator(accelerator: str, devices: int = 1) -> None:
+    """ConfigError, before anything is written, when GPUs are asked for (``gpu``, or ``auto`` on a CUDA
+    machine) and this machine has none or fewer than ``devices``."""
+    wants_gpu = lightning_accelerator(accelerator) == "gpu"
+    count = torch.cuda.device_count()
+    if wants_gpu and count == 0:
+        raise ConfigError(
+            f"train.accelerator {accelerator}: no CUDA GPU is visible here (torch {torch.__version__}); "
+            "use --accelerator cpu (or auto)"
+        )
+    if (wants_gpu or (accelerator == "auto" and count > 0)) and devices > count:
+        raise ConfigError(f"train.devices = {devices} GPUs per node requested, this machine has {count}")
 
 
 def process_rank(devices: int = 1) -> int:

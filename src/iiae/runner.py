@@ -30,8 +30,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from iiae.checkpointing import AtomicCheckpointIO, RunCheckpoint, RunLock, load_checkpoint
 from iiae.checkpointing import resumable_checkpoint
-from iiae.config import ExperimentConfig, TrainConfig, save_config
-from iiae.errors import ConfigError, OutputError
+from iiae.config import ExperimentConfig, save_config
+from iiae.errors import OutputError
 from iiae.evaluation import evaluate_retrieval, format_retrieval_table
 from iiae.figures import save_figures, save_loss_curves
 from iiae.guards import GracefulStop, NonFiniteGuard
@@ -40,7 +40,7 @@ from iiae.report import write_report
 from iiae.resume import ContinuingCSVLogger, trim_metrics_log
 from iiae.selection import RetrievalSelection, selected_model
 from iiae.datasets import build_splits
-from iiae.distributed import GlobalBatchNormSync, process_rank
+from iiae.distributed import GlobalBatchNormSync, check_accelerator, lightning_accelerator, process_rank
 from iiae.training import IIAELightning, PairedDataModule, PairedSplits, apply_speed_switches
 
 FIGURE_PAIRS = 8  # columns of the translation grid
@@ -73,26 +73,6 @@ def check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"output folder {out_dir} cannot be written ({parent}: {error.strerror})") from None
 
 
-def _accelerator(requested: str) -> str:
-    if requested in ("cuda", "gpu"):
-        return "gpu"
-    return requested
-
-
-def check_accelerator(train: TrainConfig) -> None:
-    """ConfigError, before anything is written, when GPUs are asked for (``gpu``, or ``auto`` on a CUDA
-    machine) and this machine has none or fewer than ``train.devices``."""
-    wants_gpu = _accelerator(train.accelerator) == "gpu"
-    count = torch.cuda.device_count()
-    if wants_gpu and count == 0:
-        raise ConfigError(
-            f"train.accelerator {train.accelerator}: no CUDA GPU is visible here (torch {torch.__version__}); "
-            "use --accelerator cpu (or auto)"
-        )
-    if (wants_gpu or (train.accelerator == "auto" and count > 0)) and train.devices > count:
-        raise ConfigError(f"train.devices = {train.devices} GPUs per node requested, this machine has {count}")
-
-
 def train_and_evaluate(
     config: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True, resume: bool = False
 ) -> dict | None:
@@ -103,7 +83,7 @@ def train_and_evaluate(
     files and evaluates; the others return None.
     """
     config.validate()
-    check_accelerator(config.train)
+    check_accelerator(config.train.accelerator, config.train.devices)
     rank = process_rank(config.train.devices)
     if out_dir is None and rank > 0:  # Lightning's launcher re-runs the command: use process 0's folder
         if RUN_DIR_VARIABLE not in os.environ:
@@ -142,7 +122,7 @@ def _train_and_evaluate_in(
     trainer = L.Trainer(
         max_steps=config.train.steps,
         max_epochs=-1,
-        accelerator=_accelerator(config.train.accelerator),
+        accelerator=lightning_accelerator(config.train.accelerator),
         devices=train.devices,
         num_nodes=train.num_nodes,
         strategy=train.strategy,  # auto: DDP when processes > 1

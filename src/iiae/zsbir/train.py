@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from iiae.config import LossConfig
 from iiae.objective import iiae_loss
 from iiae.runner import check_output_dir
+from iiae.distributed import check_accelerator, lightning_accelerator
 from iiae.zsbir.config import ZSConfig, save_zs_config
 from iiae.zsbir.features import (
     ZeroShotSplit,
@@ -112,7 +113,7 @@ def train_iiae(config: ZSConfig, split: ZeroShotSplit, out_dir: Path, progress: 
     batches = ClassPairBatches(split.train_sketch.features, split.train_sketch.classes, split.train_image.features,
                                split.train_image.classes, batches_per_epoch=steps, seed=config.train.seed)
     trainer = L.Trainer(
-        max_steps=steps, max_epochs=-1, accelerator=config.train.accelerator, devices=1,
+        max_steps=steps, max_epochs=-1, accelerator=lightning_accelerator(config.train.accelerator), devices=1,
         logger=CSVLogger(out_dir, name="", version="logs"), log_every_n_steps=min(config.train.log_every, steps),
         enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=False,
         default_root_dir=out_dir,
@@ -203,6 +204,7 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
     from iiae.zsbir.report import save_retrieval_figure, write_zs_report
 
     config.validate()
+    check_accelerator(config.train.accelerator)
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     if config.train.threads > 0:
