@@ -45,11 +45,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from iiae import IIAE, ModelConfig
-from iiae.cli import build_config, main, make_parser
+from iiae.cli import build_config, make_parser
 from iiae.config import save_config
 from iiae.data import write_idx
 from iiae.training import IIAELightning
-from tiny_runs import tiny_args, tiny_idx_folder
+from tiny_runs import expect_error, tiny_args, tiny_idx_folder
 
 TINY = ModelConfig(image_size=16, encoder_widths=[8], exclusive_widths=[8, 8], decoder_widths=[8], shared_channels=4)
 
@@ -69,20 +69,6 @@ def never_hangs():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return tiny_idx_folder(tmp_path_factory.mktemp("data"))
-
-
-def expect_error(capsys, argv: list[str], *fragments: str) -> str:
-    """Exit status 2 and exactly one stderr line ``iiae...: error: ...`` holding every fragment."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:  # argparse
-        status = exit_.code
-    error = capsys.readouterr().err.strip()
-    assert status == 2, error
-    assert len(error.splitlines()) == 1 and error.startswith("iiae") and ": error: " in error, error
-    for fragment in fragments:
-        assert fragment in error, error
-    return error
 
 
 # ------------------------------------------------------------------------------------------- flags, values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import subprocess
@@ -15,6 +16,7 @@ from PIL import Image
 from iiae import IIAE
 from iiae.cli import main
 from iiae.data import write_idx
+from tiny_runs import expect_error
 
 TINY = ["--steps", "3", "--batch-size", "16", "--no-progress", "--set", "train.log_every=1"]
 
@@ -91,12 +93,7 @@ def _idx_folder(tmp_path, damage: str | None = None):
     return folder
 
 
-def _expect_error(capsys, argv, *fragments):
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("iiae: error:") and len(error.splitlines()) == 1, error
-    for fragment in fragments:
-        assert fragment in error, error
+_expect_error = functools.partial(expect_error, prefix="iiae: error:")  # tiny_runs.expect_error, iiae's own errors
 
 
 @pytest.mark.parametrize("damage", ["truncated", "magic", "missing"])

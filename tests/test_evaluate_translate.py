@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -13,7 +14,7 @@ from iiae.cli import main
 from iiae.config import config_from_dict
 from iiae.runner import train_and_evaluate
 
-from tiny_runs import tiny_idx_folder
+from tiny_runs import expect_error, tiny_idx_folder
 
 TINY = {
     "model": {"image_size": 16, "encoder_widths": [8], "exclusive_widths": [8], "decoder_widths": [8]},
@@ -31,12 +32,7 @@ def run(tmp_path_factory):
     return out, metrics
 
 
-def _expect_error(capsys, argv, *fragments):
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("iiae: error:") and len(error.splitlines()) == 1, error
-    for fragment in fragments:
-        assert fragment in error, error
+_expect_error = functools.partial(expect_error, prefix="iiae: error:")  # tiny_runs.expect_error, iiae's own errors
 
 
 def test_evaluate_a_run_folder_refreshes_its_metrics_and_keeps_the_rest(run, capsys):

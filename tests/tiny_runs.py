@@ -71,3 +71,20 @@ def start_cli(script: str, args: list[str], cwd: Path | None = None, **env: str)
         [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**ONE_THREAD, **env}, cwd=cwd,
     )  # fmt: skip
+
+
+def expect_error(capsys, argv: list[str], *fragments: str, prefix: str = "iiae") -> str:  # noqa: ANN001
+    """``iiae.cli.main(argv)``: exit status 2 and exactly one stderr line, starting with ``prefix`` and holding
+    ``: error: `` and every fragment (argparse's ``iiae train: error: ...`` included when ``prefix`` allows)."""
+    from iiae.cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse
+        status = exit_.code
+    error = capsys.readouterr().err.strip()
+    assert status == 2, error
+    assert len(error.splitlines()) == 1 and error.startswith(prefix) and ": error: " in error, error
+    for fragment in fragments:
+        assert fragment in error, error
+    return error
