@@ -106,13 +106,12 @@ class PairedDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if world > 1 and len(train) < self.batch_size:  # every process would get an empty epoch
             raise ConfigError(f"{len(train)} training pairs are fewer than the global batch ({self.batch_size})")
-        extra = {} if isinstance(train, Dataset) else {"collate_fn": whole_batch}  # in memory: one index per batch
         if isinstance(train, Dataset):
-            dataset: Dataset = train
-        elif self.splits.recolour_seed is not None:  # new colours every epoch, from (seed, epoch)
-            dataset = RecolouredCDCB(train, self.splits.recolour_seed)
-        else:
-            dataset = PairDataset(train)
+            dataset, extra = train, {}
+        else:  # in memory: whole batches, one index per tensor
+            recolour = self.splits.recolour_seed  # not None: new colours every epoch, from (seed, epoch)
+            dataset = PairDataset(train) if recolour is None else RecolouredCDCB(train, recolour)
+            extra = {"collate_fn": whole_batch}
         return ResumableDataLoader(  # order = f(seed, epoch); Lightning saves the position for --resume
             dataset,
             batch_size=self.batch_size // world,
