@@ -42,8 +42,8 @@ def tiny_config(tmp_path, method="iiae"):
         "method": method,
         "data": {"source": "images", "root": str(make_sketchy(tmp_path / "sketchy")),
                  "unseen": str(tmp_path / "unseen.txt")},
-        "feature_net": {"image_size": 16, "widths": [4, 8], "feature_dim": 16, "epochs": 1, "batch_size": 8,
-                        "cache_dir": str(tmp_path / "cache")},
+        "feature_net": {"backbone": "small_cnn", "image_size": 16, "widths": [4, 8], "feature_dim": 16, "epochs": 1,
+                        "batch_size": 8, "cache_dir": str(tmp_path / "cache")},
         "model": {"input_dim": 16, "hidden_dims": [16, 8], "code_dim": 4, "joint_hidden_dim": 8,
                   "decoder_hidden_dim": 8},
         "train": {"steps": 4, "log_every": 1},
@@ -80,7 +80,7 @@ def test_train_and_evaluate_through_the_cli_without_touching_unseen_classes(tmp_
     report = (run / "report.md").read_text()
     assert "IIAE (paper)" in report and "retrievals.png" in report
     assert (run / "retrievals.png").is_file() and (run / "model" / "model.safetensors").is_file()
-    assert (run / "logs" / "metrics.csv").read_text().count("train/mse_x") == 1
+    assert (run / "logs" / "metrics.csv").read_text().count("train/nll_x") == 1
 
     cached = list((tmp_path / "cache").glob("features-*.npz"))
     assert len(cached) == 1
@@ -134,5 +134,6 @@ def test_train_on_plain_features_through_the_cli(tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["feature_dim"] == 12 and metrics["seen_classes"] == 3 and metrics["figure"] is None
+    assert metrics["feature_extractor"] is None and not (run / "feature_extractor").exists()
     assert metrics["retrieval"]["queries"] == 12 and metrics["retrieval"]["gallery"] == 12
     assert "precomputed" in (run / "report.md").read_text()

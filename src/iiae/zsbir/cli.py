@@ -1,9 +1,10 @@
-"""``iiae zs-sbir train|evaluate``: zero-shot sketch-based image retrieval (hooked into :mod:`iiae.cli`).
+"""``iiae zs-sbir train|evaluate|retrieve``: zero-shot sketch-based image retrieval (hooked into :mod:`iiae.cli`).
 
     iiae zs-sbir train --data-root ../shared/data/sketchy_subset_128 --unseen seeded --out runs/zs
     iiae zs-sbir train --config zs_sketchy_yelamarthi --data-source official --data-root FEATURES --out runs/zs21
     iiae zs-sbir train --method supervised ... ; --set loss.lambda_=0 for the lambda = 0 ablation
     iiae zs-sbir evaluate runs/zs [--json out.json]
+    iiae zs-sbir retrieve runs/zs --query my_sketch.png --gallery photos/ [--top 10] [--out retrieval.png]
 """
 
 from __future__ import annotations
@@ -56,11 +57,28 @@ def _evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(config.train.threads)
-    split, _ = build_split(config)
+    split, _, _ = build_split(config)
     retrieval = evaluate_model(load_model(run / "model"), split, config)
     print(" ".join(f"{name}={value:.4f}" for name, value in retrieval.items() if name.startswith(("map", "prec"))))
     if args.json:
         Path(args.json).write_text(json.dumps({"retrieval": retrieval}, indent=2), encoding="utf-8")
+    return 0
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from iiae.zsbir.retrieve import check_arguments, load_run, retrieve
+
+    check_arguments(args.top, args.query_domain, args.out)  # before the run is loaded
+    run = load_run(args.run)
+    if run.config.train.threads > 0:
+        import torch
+
+        torch.set_num_threads(run.config.train.threads)
+    result = retrieve(run, args.query, args.gallery, top=args.top, domain=args.query_domain, out=args.out,
+                      cache_dir=args.cache_dir)
+    for match in result.matches:
+        print(f"{match.rank:4d}  {match.similarity:.4f}  {match.path}")
+    print(f"wrote {result.panel} (the query, then the top {len(result.matches)} of {result.gallery_size})")
     return 0
 
 
@@ -70,7 +88,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="Sketchy folder (photo/, sketch/) or feature folder")
     parser.add_argument("--unseen", help="sem_pcyc_25, yelamarthi_21, seeded, or a file of unseen classes")
     parser.add_argument("--method", choices=["iiae", "supervised"], help="IIAE or the supervised baseline")
-    parser.add_argument("--cache-dir", help="feature cache folder [$IIAE_CACHE/zs_features]")
+    parser.add_argument("--cache-dir", help="feature cache folder [$IIAE_CACHE_DIR/zs_features]")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, repeatable")
     parser.add_argument("--steps", type=int, help="training batches (overrides train.epochs)")
     parser.add_argument("--seed", type=int, help="random seed of the run")
@@ -78,7 +96,7 @@ def _flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_zs_sbir_parser(commands) -> None:
-    """Add ``zs-sbir train`` and ``zs-sbir evaluate`` to the subcommands of ``iiae``."""
+    """Add ``zs-sbir train``, ``zs-sbir evaluate`` and ``zs-sbir retrieve`` to the subcommands of ``iiae``."""
     zs = commands.add_parser("zs-sbir", help="zero-shot sketch-based image retrieval (Sketchy)")
     verbs = zs.add_subparsers(dest="zs_command", required=True)
     train = verbs.add_parser("train", help="train on seen classes, evaluate on unseen ones, write a run folder")
@@ -91,3 +109,16 @@ def add_zs_sbir_parser(commands) -> None:
     _flags(evaluate)
     evaluate.add_argument("--json", help="also write the measures to this JSON file")
     evaluate.set_defaults(handler=_evaluate)
+    retrieve = verbs.add_parser("retrieve", help="rank a folder of images for one image of your own (a sketch by "
+                                "default), with a run trained from images; writes a PNG panel")
+    retrieve.add_argument("run", help="run folder of zs-sbir train (trained from image files)")
+    retrieve.add_argument("--query", required=True, metavar="FILE", help="the query image (.png, .jpg, ...)")
+    retrieve.add_argument("--gallery", required=True, metavar="DIR",
+                          help="folder of images to rank (.jpg, .jpeg, .png, searched recursively)")
+    retrieve.add_argument("--top", type=int, default=10, help="results to print and draw [10]")
+    retrieve.add_argument("--query-domain", choices=["sketch", "photo"], default="sketch",
+                          help="what the query is; the gallery holds the other domain [sketch]")
+    retrieve.add_argument("--out", default="retrieval.png", metavar="PANEL.png",
+                          help="the panel: query, then the top results [retrieval.png]")
+    retrieve.add_argument("--cache-dir", help="gallery feature cache folder [$IIAE_CACHE_DIR/zs_features]")
+    retrieve.set_defaults(handler=_retrieve)

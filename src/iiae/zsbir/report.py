@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,25 @@ def header(measure: str) -> str:
     return f"{'P' if kind == 'precision' else 'mAP'}@{k}"
 
 
-def _tile(path: Path, border: tuple[int, int, int] | None) -> Image.Image:
+Border = tuple[int, int, int] | None  # a tile's frame colour; None: white
+
+
+def _tile(path: Path, border: Border) -> Image.Image:
     with Image.open(path) as image:
         tile = image.convert("RGB").resize((TILE - 2 * BORDER, TILE - 2 * BORDER), Image.BILINEAR)
     framed = Image.new("RGB", (TILE, TILE), border or (255, 255, 255))
     framed.paste(tile, (BORDER, BORDER))
     return framed
+
+
+def retrieval_row(query: Path, results: Sequence[tuple[Path, Border]]) -> Image.Image:
+    """One row of a retrieval figure (the paper's Figure 4): the query's tile, a gap, then one tile per result in
+    rank order, each framed in its colour (None: white). ``TILE * (len(results) + 1) + GAP`` by ``TILE`` pixels."""
+    row = Image.new("RGB", (TILE * (len(results) + 1) + GAP, TILE), (255, 255, 255))
+    row.paste(_tile(query, None), (0, 0))
+    for c, (path, border) in enumerate(results):
+        row.paste(_tile(path, border), (TILE * (c + 1) + GAP, 0))
+    return row
 
 
 def save_retrieval_figure(model, split, config: ZSConfig, path: str | Path, top: int = 5) -> Path | None:
@@ -56,11 +70,10 @@ def save_retrieval_figure(model, split, config: ZSConfig, path: str | Path, top:
     ranked = top_k_indices(sketch_codes[rows], photo_codes, k=top)
     canvas = Image.new("RGB", (TILE * (top + 1) + GAP, TILE * len(rows)), (255, 255, 255))
     for r, (query, retrieved) in enumerate(zip(rows, ranked)):
-        canvas.paste(_tile(Path(root) / split.test_sketch.paths[query], None), (0, r * TILE))
-        for c, photo in enumerate(retrieved):
-            right = split.test_image.classes[photo] == split.test_sketch.classes[query]
-            tile = _tile(Path(root) / split.test_image.paths[photo], CORRECT if right else WRONG)
-            canvas.paste(tile, (TILE * (c + 1) + GAP, r * TILE))
+        results = [(Path(root) / split.test_image.paths[photo],
+                    CORRECT if split.test_image.classes[photo] == split.test_sketch.classes[query] else WRONG)
+                   for photo in retrieved]
+        canvas.paste(retrieval_row(Path(root) / split.test_sketch.paths[query], results), (0, r * TILE))
     path = Path(path)
     canvas.save(path)
     return path

@@ -4,6 +4,7 @@ Run folder::
 
     config.yaml      the exact config
     model/           model.safetensors + config.json (MLP IIAE or supervised embedding)
+    feature_extractor/  the image -> feature network (raw-image data; ``iiae zs-sbir retrieve`` embeds new files)
     logs/metrics.csv loss terms (IIAE)
     metrics.json     mAP@all, P@K, mAP@K on the unseen classes, the split, the feature stage used
     retrievals.png   top-5 photos of a few unseen-class sketches (raw-image data), report.md
@@ -30,6 +31,7 @@ from iiae.objective import iiae_loss
 from iiae.runner import check_output_dir
 from iiae.distributed import check_accelerator, lightning_accelerator
 from iiae.zsbir.config import ZSConfig, save_zs_config
+from iiae.zsbir.feature_extractor import FeatureExtractor
 from iiae.zsbir.features import (
     ZeroShotSplit,
     load_official_features,
@@ -47,8 +49,12 @@ BASELINE_KIND = "zs_sbir_supervised_embedding"
 
 
 # ------------------------------------------------------------------------------------------------- data
-def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict]:
-    """The seen/unseen split of the configured data and a description of the features used."""
+EXTRACTOR_DIR = "feature_extractor"  # the run's image -> feature network (raw-image data only)
+
+
+def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict, FeatureExtractor | None]:
+    """The seen/unseen split of the configured data, a description of the features used, and the feature
+    extractor that embedded the images (None for precomputed features: data.source official or plain)."""
     from iiae.errors import DataError
 
     data = config.data
@@ -60,21 +66,23 @@ def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict]:
         classes = sorted({c for s in sets.values() for c in s.class_names()})
         unseen = None if data.unseen == "test" else resolve_unseen(data.unseen, classes, data.unseen_count,
                                                                      data.split_seed)
-        return split_official(sets, unseen, f"official features {root}"), {"features": f"precomputed ({root})"}
+        split = split_official(sets, unseen, f"official features {root}")
+        return split, {"features": f"precomputed ({root})"}, None
     if data.source == "plain":
         sets = load_plain_features(root)
         classes = sorted(set(sets["sketch"].class_names()) | set(sets["image"].class_names()))
         unseen = resolve_unseen(data.unseen, classes, data.unseen_count, data.split_seed)
         split = split_zero_shot(sets["sketch"], sets["image"], unseen, f"plain features {root}")
-        return split, {"features": f"precomputed ({root})"}
-    from iiae.zsbir.feature_net import image_features
+        return split, {"features": f"precomputed ({root})"}, None
+    from iiae.zsbir.feature_net import image_features, torch_device
 
     photos, sketches = scan_sketchy_folder(root)
     classes = sorted(set(photos.classes.tolist()) | set(sketches.classes.tolist()))
     unseen = resolve_unseen(data.unseen, classes, data.unseen_count, data.split_seed)
-    sketch, photo, info = image_features(root, photos, sketches, unseen, config.feature_net, log=log)
+    sketch, photo, info, extractor = image_features(root, photos, sketches, unseen, config.feature_net, log=log,
+                                                    device=torch_device(config.train.accelerator))
     info["features"] = f"{info['backbone']} on raw images ({root}); pretrained: {info['pretrained']}"
-    return split_zero_shot(sketch, photo, unseen, f"Sketchy images {root}"), info
+    return split_zero_shot(sketch, photo, unseen, f"Sketchy images {root}"), info, extractor
 
 
 # ------------------------------------------------------------------------------------------------- IIAE
@@ -88,7 +96,8 @@ class MLPIIAELightning(L.LightningModule):
     def training_step(self, batch, batch_index: int) -> torch.Tensor:
         x, y = batch  # x: sketch features, y: photo features
         output = self.model(x, y, sample=True)
-        terms = iiae_loss(x, y, output.reconstruction_x, output.reconstruction_y, output.posteriors,
+        target_x, target_y = self.model.standardise(x, y)  # reconstructions live in the standardised space
+        terms = iiae_loss(target_x, target_y, output.reconstruction_x, output.reconstruction_y, output.posteriors,
                           self.loss_config, step=self.global_step)
         self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()})
         return terms["loss"]
@@ -109,6 +118,7 @@ def training_steps(config: ZSConfig, split: ZeroShotSplit) -> int:
 def train_iiae(config: ZSConfig, split: ZeroShotSplit, out_dir: Path, progress: bool = False) -> MLPIIAE:
     L.seed_everything(config.train.seed, verbose=False)
     model = MLPIIAE(replace(config.model, input_dim=split.feature_dim))
+    model.fit_standardisation(split.train_sketch.features, split.train_image.features)  # seen classes only
     steps = training_steps(config, split)
     batches = ClassPairBatches(split.train_sketch.features, split.train_sketch.classes, split.train_image.features,
                                split.train_image.classes, batches_per_epoch=steps, seed=config.train.seed)
@@ -209,7 +219,7 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
     check_output_dir(out_dir)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
-    split, info = build_split(config, log=log)  # every data error before the folder exists
+    split, info, extractor = build_split(config, log=log)  # every data error before the folder exists
     out_dir.mkdir(parents=True, exist_ok=True)
     save_zs_config(config, out_dir / "config.yaml")
     log(f"training {config.method} on {len(split.seen)} seen classes ({len(split.train_sketch)} sketches, "
@@ -218,6 +228,8 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
     model = train_iiae(config, split, out_dir, progress) if config.method == "iiae" else train_supervised(config, split)
     seconds = time.perf_counter() - started
     save_model(model, config, split, out_dir / "model")
+    if extractor is not None:  # before metrics.json, which marks a complete run folder
+        extractor.save(out_dir / EXTRACTOR_DIR)
     retrieval = evaluate_model(model, split, config)
     metrics = {
         "experiment": config.name, "method": config.method, "lambda": config.loss.lambda_, "seed": config.train.seed,
@@ -227,6 +239,7 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
         "train_sketches": len(split.train_sketch), "train_photos": len(split.train_image),
         "test_sketches": len(split.test_sketch), "test_photos": len(split.test_image),
         "feature_dim": split.feature_dim, "feature_stage": {k: v for k, v in info.items() if k != "trained_on_classes"},
+        "feature_extractor": None if extractor is None else f"{EXTRACTOR_DIR}/",
         "run_dir": str(out_dir),
     }
     figure = save_retrieval_figure(model, split, config, out_dir / "retrievals.png")
