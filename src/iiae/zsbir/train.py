@@ -81,7 +81,7 @@ def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict, Featu
     unseen = resolve_unseen(data.unseen, classes, data.unseen_count, data.split_seed)
     sketch, photo, info, extractor = image_features(root, photos, sketches, unseen, config.feature_net, log=log,
                                                     device=torch_device(config.train.accelerator))
-    info["features"] = f"{info['backbone']} on raw images ({root}); pretrained: {info['pretrained']}"
+    info["features"] = f"{info['description']} on raw images ({root}); pretrained: {info['pretrained']}"
     return split_zero_shot(sketch, photo, unseen, f"Sketchy images {root}"), info, extractor
 
 
