@@ -79,3 +79,23 @@ def test_missing_config_file_and_unknown_name(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="neither a YAML file nor a bundled config"):
         resolve_config("no_such_experiment")
+
+
+@pytest.mark.parametrize("text, expected", [("1e-4", 1e-4), ("1e6", 1e6), ("2.5e-3", 2.5e-3), ("+.5E1", 5.0),
+                                            ("3", 3.0), ("0.001", 0.001)])
+def test_numbers_are_read_as_people_write_them(text, expected):
+    """YAML 1.1 reads 1e-4 (no dot) as a string; a float key takes it as the number it is, from --set or a file."""
+    from iiae.config import parse_override
+
+    path, value = parse_override(f"train.learning_rate={text}")
+    config = config_from_dict({"train": {"learning_rate": value}})
+    assert path == ["train", "learning_rate"]
+    assert config.train.learning_rate == pytest.approx(expected) and isinstance(config.train.learning_rate, float)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400", "'abc'", "1e-4x"])
+def test_non_finite_or_non_numeric_floats_are_refused(value):
+    import yaml
+
+    with pytest.raises(ConfigError, match="train.learning_rate must be a (finite )?number"):
+        config_from_dict({"train": {"learning_rate": yaml.safe_load(value)}})

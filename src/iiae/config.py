@@ -8,6 +8,8 @@ naming the file and the key, before anything is trained or written.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -21,6 +23,7 @@ import yaml
 from iiae.errors import ConfigError
 
 T = TypeVar("T")
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # 1e-4, 2.5E3, -.5: numbers as people write them
 
 
 @dataclass
@@ -271,8 +274,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; people write numbers that way
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
