@@ -9,6 +9,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 import iiae.zsbir.feature_net as feature_net
+from iiae.zsbir.backbones import TorchvisionFeatures
 from iiae.cli import main
 from iiae.zsbir.config import FeatureNetConfig
 
@@ -116,7 +117,7 @@ def test_torchvision_backbone_without_torchvision_is_a_config_error(monkeypatch)
 
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails as if it were not installed
     with pytest.raises(ConfigError, match="needs torchvision"):
-        feature_net._TorchvisionFeatures("vgg16")
+        TorchvisionFeatures("vgg16")
 
 
 def test_train_on_plain_features_through_the_cli(tmp_path, capsys):

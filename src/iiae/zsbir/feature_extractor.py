@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from iiae.errors import CheckpointError
+from iiae.zsbir.backbones import SmallCNN, TorchvisionFeatures
+from iiae.zsbir.config import FeatureNetConfig
 from iiae.zsbir.image_pipeline import Domain, Preprocessing, image_batches
 
 CONFIG_FILE, WEIGHTS_FILE = "feature_extractor.json", "feature_extractor.safetensors"
@@ -167,9 +169,6 @@ def _build_network(backbone: str, meta: dict, folder: Path) -> nn.Module:
     """The untrained (small CNN) or pretrained (ImageNet) network named in a saved description."""
     architecture = meta.get("architecture") or {}
     if backbone == "small_cnn":
-        from iiae.zsbir.config import FeatureNetConfig
-        from iiae.zsbir.feature_net import SmallCNN
-
         try:
             config = FeatureNetConfig(widths=list(architecture["widths"]), feature_dim=int(architecture["feature_dim"]))
             return SmallCNN(config, int(architecture["num_classes"]))
@@ -182,9 +181,7 @@ def _build_network(backbone: str, meta: dict, folder: Path) -> nn.Module:
             raise CheckpointError(f"{folder / CONFIG_FILE} records no sha256 of the EfficientNet-Lite0 weights")
         return pretrained_features.load_pretrained_backbone(meta["weights_sha256"])
     if backbone in ("vgg16", "resnet50"):
-        from iiae.zsbir.feature_net import _TorchvisionFeatures
-
-        return _TorchvisionFeatures(backbone)
+        return TorchvisionFeatures(backbone)
     raise CheckpointError(f"{folder / CONFIG_FILE} names unknown backbone {backbone!r}")
 
 

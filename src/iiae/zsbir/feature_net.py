@@ -35,6 +35,7 @@ from torch import nn
 from iiae.cache import cache_root
 from iiae.errors import ConfigError
 from iiae.zsbir import pretrained_features
+from iiae.zsbir.backbones import SmallCNN, TorchvisionFeatures
 from iiae.zsbir.config import FeatureNetConfig
 from iiae.zsbir.feature_extractor import CONFIG_FILE, FeatureExtractor
 from iiae.zsbir.features import FeatureSet, ImageList
@@ -48,26 +49,6 @@ INSTALL_HINT = 'pip install "iiae[pretrained]"'
 def _to_float(pixels: np.ndarray) -> torch.Tensor:
     """uint8 numpy pixels -> the small CNN's input (the extractor's ``minus_one_to_one`` normalisation)."""
     return normalise_minus_one_to_one(torch.from_numpy(pixels))
-
-
-class SmallCNN(nn.Module):
-    """Stride-2 conv blocks -> global average pool -> ``feature_dim`` ReLU features -> class logits."""
-
-    def __init__(self, config: FeatureNetConfig, num_classes: int) -> None:
-        super().__init__()
-        layers, channels = [], 3
-        for width in config.widths:
-            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-            channels = width
-        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.embed = nn.Sequential(nn.Linear(channels, config.feature_dim), nn.ReLU())
-        self.classify = nn.Linear(config.feature_dim, num_classes)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.conv(images))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(images))
 
 
 def train_feature_net(pixels: np.ndarray, classes: np.ndarray, unseen: list[str], config: FeatureNetConfig
@@ -101,29 +82,6 @@ def train_feature_net(pixels: np.ndarray, classes: np.ndarray, unseen: list[str]
             loss.backward()
             optimiser.step()
     return net.eval(), trained_on
-
-
-class _TorchvisionFeatures(nn.Module):
-    def __init__(self, backbone: str) -> None:
-        super().__init__()
-        try:
-            import torchvision
-        except ImportError:
-            raise ConfigError(f"feature_net.backbone = {backbone} needs torchvision (pip install torchvision); "
-                              "use small_cnn without it") from None
-        try:
-            if backbone == "vgg16":
-                model = torchvision.models.vgg16(weights="DEFAULT")
-                self.body = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            else:
-                model = torchvision.models.resnet50(weights="DEFAULT")
-                model.fc = nn.Identity()
-                self.body = model
-        except Exception as error:  # noqa: BLE001 - a download or cache failure of the weights
-            raise ConfigError(f"pretrained {backbone} weights are not available: {error}") from None
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)
 
 
 # ------------------------------------------------------------------------------------------ backbone choice
@@ -298,7 +256,7 @@ def _pretrained_extractor(choice: BackboneChoice, config: FeatureNetConfig, devi
         return FeatureExtractor(choice.name, network, choice.preprocessing, weights_sha256=choice.weights_sha256,
                                 architecture={"padding": "symmetric"}, tuned_blocks=config.fine_tune_blocks,
                                 trained_on_classes=trained_on or [], device=device, workers=config.workers)
-    network = _TorchvisionFeatures(choice.name) if network is None else network
+    network = TorchvisionFeatures(choice.name) if network is None else network
     return FeatureExtractor(choice.name, network, choice.preprocessing, device=device, workers=config.workers)
 
 
