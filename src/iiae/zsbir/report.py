@@ -51,17 +51,16 @@ def retrieval_row(query: Path, results: Sequence[tuple[Path, Border]]) -> Image.
     return row
 
 
-def save_retrieval_figure(model, split, config: ZSConfig, path: str | Path, top: int = 5) -> Path | None:
+def save_retrieval_figure(sketch_codes: np.ndarray, photo_codes: np.ndarray, split, config: ZSConfig,
+                          path: str | Path, top: int = 5) -> Path | None:
     """Rows: a query sketch of an unseen class, then its top-``top`` photos framed green (right) or red (wrong).
 
-    Needs the image files (raw-image data); returns None for precomputed features.
+    ``sketch_codes`` and ``photo_codes`` are the retrieval codes of ``split``'s test sketches and photos. Needs the
+    image files (raw-image data); returns None for precomputed features.
     """
-    from iiae.zsbir.train import embed_test
-
     root = config.data.root
     if config.data.source != "images" or split.test_sketch.paths is None or root is None:
         return None
-    sketch_codes, photo_codes = embed_test(model, split)
     rows = []
     for name in split.unseen[: config.evaluation.figure_classes]:
         rows += np.flatnonzero(split.test_sketch.classes == name)[: config.evaluation.figure_queries].tolist()

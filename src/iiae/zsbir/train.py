@@ -43,6 +43,7 @@ from iiae.zsbir.features import (
 )
 from iiae.zsbir.metrics import retrieval_metrics
 from iiae.zsbir.mlp_model import MLPIIAE, load_module_weights, read_module_config, save_module
+from iiae.zsbir.report import save_retrieval_figure, write_zs_report
 from iiae.zsbir.sampler import ClassPairBatches
 
 BASELINE_KIND = "zs_sbir_supervised_embedding"
@@ -187,7 +188,12 @@ def embed_test(model: nn.Module, split: ZeroShotSplit, batch_size: int = 4096) -
 
 
 def evaluate_model(model: nn.Module, split: ZeroShotSplit, config: ZSConfig) -> dict:
-    sketch_codes, photo_codes = embed_test(model, split)
+    return evaluate_codes(*embed_test(model, split), split, config)
+
+
+def evaluate_codes(sketch_codes: np.ndarray, photo_codes: np.ndarray, split: ZeroShotSplit, config: ZSConfig
+                   ) -> dict:
+    """mAP@all, P@K and mAP@K of the unseen-class test codes."""
     return retrieval_metrics(sketch_codes, split.test_sketch.classes, photo_codes, split.test_image.classes,
                              ks=config.evaluation.ks)
 
@@ -211,8 +217,6 @@ def load_model(folder: Path) -> nn.Module:
 
 def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, log=print) -> dict:
     """Train (IIAE or the supervised baseline), evaluate on the unseen classes, write the run folder."""
-    from iiae.zsbir.report import save_retrieval_figure, write_zs_report
-
     config.validate()
     check_accelerator(config.train.accelerator)
     out_dir = Path(out_dir)
@@ -230,7 +234,8 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
     save_model(model, config, split, out_dir / "model")
     if extractor is not None:  # before metrics.json, which marks a complete run folder
         extractor.save(out_dir / EXTRACTOR_DIR)
-    retrieval = evaluate_model(model, split, config)
+    sketch_codes, photo_codes = embed_test(model, split)
+    retrieval = evaluate_codes(sketch_codes, photo_codes, split, config)
     metrics = {
         "experiment": config.name, "method": config.method, "lambda": config.loss.lambda_, "seed": config.train.seed,
         "retrieval": retrieval, "paper": config.paper, "training_seconds": round(seconds, 1),
@@ -242,7 +247,7 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
         "feature_extractor": None if extractor is None else f"{EXTRACTOR_DIR}/",
         "run_dir": str(out_dir),
     }
-    figure = save_retrieval_figure(model, split, config, out_dir / "retrievals.png")
+    figure = save_retrieval_figure(sketch_codes, photo_codes, split, config, out_dir / "retrievals.png")
     metrics["figure"] = None if figure is None else figure.name
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     write_zs_report(config, metrics, out_dir)
