@@ -6,6 +6,9 @@ import os
 import shutil
 import tempfile
 
+import pytest
+import torch
+
 _CACHE_DIR: str | None = None
 
 
@@ -23,3 +26,12 @@ def pytest_configure(config) -> None:
 def pytest_unconfigure(config) -> None:
     if _CACHE_DIR is not None:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a busy 2-core machine two threads wait on each other (20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

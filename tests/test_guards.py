@@ -19,14 +19,6 @@ BAD_STEP = 5
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def nan_at_step(monkeypatch):
     """kl_joint (and so the loss) becomes NaN at step BAD_STEP."""
     real_loss = iiae.training.iiae_loss

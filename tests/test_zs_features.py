@@ -25,12 +25,7 @@ from iiae.zsbir.image_pipeline import Preprocessing, image_batches
 SEEN = ["apple", "bat", "car_(sedan)", "eel"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture
