@@ -102,16 +102,16 @@ class MLPIIAE(nn.Module):
         if self.config.standardise == "none":
             return
         x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
-        pairs = {"x": x, "y": y} if self.config.standardise == "per_domain" else {"x": torch.cat([x, y])}
-        for name, features in pairs.items():
+        for name, features in (("x", x), ("y", y)):
             if len(features) < 2:
                 raise ConfigError(f"standardisation needs at least 2 training features of domain {name}")
+        sources = {"x": x, "y": y} if self.config.standardise == "per_domain" else {"x": torch.cat([x, y])}
+        sources.setdefault("y", sources["x"])  # shared: one mean and std for both domains
+        for name, features in sources.items():
             # a dimension that never varies (e.g. a dead ReLU) keeps scale 1 instead of blowing up
             scale = features.std(dim=0)
-            scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
-            for domain in (("x", "y") if self.config.standardise == "shared" else (name,)):
-                getattr(self, f"shift_{domain}").copy_(features.mean(dim=0))
-                getattr(self, f"scale_{domain}").copy_(scale)
+            getattr(self, f"shift_{name}").copy_(features.mean(dim=0))
+            getattr(self, f"scale_{name}").copy_(torch.where(scale > 1e-6, scale, torch.ones_like(scale)))
 
     def standardise(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of both domains in the model's standardised space (the reconstruction targets)."""
