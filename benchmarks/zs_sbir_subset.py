@@ -38,6 +38,7 @@ from iiae.zsbir.config import ZSConfig, load_zs_config
 from iiae.zsbir.features import ZeroShotSplit
 from iiae.zsbir.metrics import retrieval_metrics
 from iiae.zsbir.train import build_split, evaluate_model, train_iiae, train_supervised, training_steps
+from zs_sbir_ablations import features_only  # this folder is on sys.path when a benchmark script runs
 
 MEASURES = ("map_all", "precision_at_100", "precision_at_200", "map_at_200")
 IIAE = "IIAE (zs_sketchy)"
@@ -49,15 +50,6 @@ def _quiet(threads: int) -> None:
     torch.set_num_threads(threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-
-
-def standardised_features(split: ZeroShotSplit) -> tuple[np.ndarray, np.ndarray]:
-    """Test features of each domain standardised with the mean and std of that domain's seen-class features."""
-    out = []
-    for train, test in ((split.train_sketch, split.test_sketch), (split.train_image, split.test_image)):
-        scale = train.features.std(axis=0)
-        out.append((test.features - train.features.mean(axis=0)) / np.where(scale > 1e-6, scale, 1.0))
-    return out[0], out[1]
 
 
 def train_and_score(method: str, config: ZSConfig, split: ZeroShotSplit, threads: int) -> dict:
@@ -119,9 +111,7 @@ def run_split(args, unseen: str, pool: ProcessPoolExecutor) -> dict:
     ks = base.evaluation.ks
     results["features only, raw"] = [retrieval_metrics(split.test_sketch.features, split.test_sketch.classes,
                                                        split.test_image.features, split.test_image.classes, ks=ks)]
-    sketch, photo = standardised_features(split)
-    results["features only, standardised"] = [retrieval_metrics(sketch, split.test_sketch.classes, photo,
-                                                                split.test_image.classes, ks=ks)]
+    results["features only, standardised"] = [features_only(split, base)]  # the model's per-domain standardisation
     jobs = {}
     for name, config in method_configs(base, paper).items():
         for seed in args.seeds:
