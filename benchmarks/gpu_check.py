@@ -29,14 +29,14 @@ from datetime import date
 
 import torch
 
-from iiae.config import resolve_config
-from iiae.model import IIAE
-from iiae.objective import iiae_loss
-from iiae.training import make_optimizer
+from iiae.core.config import resolve_config
+from iiae.core.model import IIAE
+from iiae.core.objective import iiae_loss
+from iiae.engine.training import make_optimizer
 
 
 def train_step(model: IIAE, optimiser: torch.optim.Optimizer, config, x, y, bf16: bool) -> None:
-    """One training step of :class:`iiae.training.IIAELightning`, optionally under bf16 autocast."""
+    """One training step of :class:`iiae.engine.training.IIAELightning`, optionally under bf16 autocast."""
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with autocast:
         output = model(x, y, sample=True)
@@ -78,7 +78,7 @@ def measure(config, batch: int, mode: str, steps: int, warmup: int, device: torc
 
 def train_with_switches(device: torch.device) -> str:
     """``iiae train`` for 30 steps of the bundled MNIST-CDCB with bf16-mixed, channels_last and compile on."""
-    from iiae.runner import train_and_evaluate
+    from iiae.runs.runner import train_and_evaluate
 
     config = resolve_config("mnist_cdcb")
     config.train.steps, config.train.select_every, config.train.checkpoint_every = 30, 0, 30

@@ -6,7 +6,7 @@
 
 The config is ``mnist_cdcb_full`` (the 32x32 model; 1,200 of the 60,000 training pairs held out for model
 selection; the 10,000 test pairs untouched until the end) and the run is the main job's
-(:func:`iiae.runner.train_and_evaluate`, a complete run folder). Recorded: top-1 shared retrieval both ways and
+(:func:`iiae.runs.runner.train_and_evaluate`, a complete run folder). Recorded: top-1 shared retrieval both ways and
 the exclusive hits on the 10,000 test pairs (the paper's protocol: posterior means, squared L2, the partner must
 come first), the wall-clock time (data, training, evaluation), the training time, the peak resident memory of
 the process (``resource.getrusage``), and the time-to-99% curve: the shared validation top-1 of every model-
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from iiae.config import resolve_config
-from iiae.runner import default_run_dir, train_and_evaluate
+from iiae.core.config import resolve_config
+from iiae.runs.run_folder import default_run_dir
+from iiae.runs.runner import train_and_evaluate
 
 
 def default_data_root() -> str:

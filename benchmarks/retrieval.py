@@ -23,7 +23,7 @@ from datetime import date
 import numpy as np
 import torch
 
-from iiae.evaluation import partner_ranks
+from iiae.evaluation.retrieval import partner_ranks
 
 
 def official_loop(queries: np.ndarray, candidates: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:

@@ -32,10 +32,10 @@ from datetime import date
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from iiae.cli import build_config
+from iiae.cli.options import build_config
 from iiae.data import PairedImages
-from iiae.datasets import build_splits
-from iiae.training import (
+from iiae.data.datasets import build_splits
+from iiae.engine.training import (
     IIAELightning,
     PairedDataModule,
     PairedSplits,

@@ -26,11 +26,16 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from iiae import IIAE
 from iiae.zsbir.config import ZSConfig, load_zs_config
-from iiae.zsbir.features import ZeroShotSplit, load_plain_features, resolve_unseen, split_zero_shot
+from iiae.zsbir.features import (
+    ZeroShotSplit,
+    load_plain_features,
+    resolve_unseen,
+    split_zero_shot,
+)
 from iiae.zsbir.metrics import retrieval_metrics
 from iiae.zsbir.train import evaluate_model, train_iiae, train_supervised
 
@@ -99,9 +104,7 @@ def configure(base: ZSConfig, overrides: dict, seed: int) -> ZSConfig:
 
 def features_only(split: ZeroShotSplit, config: ZSConfig) -> dict:
     """Cosine retrieval on the features, standardised as ``config.model.standardise`` (fitted on training rows)."""
-    from iiae.zsbir.mlp_model import MLPIIAE
-
-    model = MLPIIAE(replace(config.model, input_dim=split.feature_dim))
+    model = IIAE(config.model.model_config(split.feature_dim))
     model.fit_standardisation(split.train_sketch.features, split.train_image.features)
     with torch.no_grad():
         sketch = model.standardise_x(torch.as_tensor(split.test_sketch.features))

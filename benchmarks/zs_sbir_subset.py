@@ -33,12 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from zs_sbir_ablations import (
+    features_only,  # this folder is on sys.path when a benchmark script runs
+)
 
 from iiae.zsbir.config import ZSConfig, load_zs_config
 from iiae.zsbir.features import ZeroShotSplit
 from iiae.zsbir.metrics import retrieval_metrics
-from iiae.zsbir.train import build_split, evaluate_model, train_iiae, train_supervised, training_steps
-from zs_sbir_ablations import features_only  # this folder is on sys.path when a benchmark script runs
+from iiae.zsbir.train import (
+    build_split,
+    evaluate_model,
+    train_iiae,
+    train_supervised,
+    training_steps,
+)
 
 MEASURES = ("map_all", "precision_at_100", "precision_at_200", "map_at_200")
 IIAE = "IIAE (zs_sketchy)"

@@ -13,7 +13,7 @@ _CACHE_DIR: str | None = None
 
 
 def pytest_configure(config) -> None:
-    """Point the digit-classifier cache (iiae.digit_classifier) at a fresh folder for this session.
+    """Point the digit-classifier cache (iiae.evaluation.digit_classifier) at a fresh folder for this session.
 
     Set before the test modules are imported, so subprocesses started with a copy of ``os.environ`` use it
     too; the user's ~/.cache/iiae is never touched, and the classifier is trained once per session.

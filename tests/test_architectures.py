@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from iiae import IIAE, ModelConfig
-from iiae.config import resolve_config
-from iiae.networks import ARCHITECTURES
+from iiae.core.config import resolve_config
+from iiae.core.networks import ARCHITECTURES
 
 OFFICIAL_256_PARAMETERS = 16_800_934  # the issue: "about 16.8 M trainable parameters"
 
@@ -28,7 +28,7 @@ def test_the_configs_use_the_official_design():
     assert resolve_config("facades_64").model == _official(64) == resolve_config("maps_64").model
     cars = resolve_config("cars").model
     assert cars.architecture == "official_flat" and cars.shared_channels == 128
-    assert set(ARCHITECTURES) == {"small", "official", "official_flat"}
+    assert set(ARCHITECTURES) == {"small", "official", "official_flat", "mlp"}  # mlp: feature vectors (zs-sbir)
 
 
 def test_official_256_parameter_count_and_shapes():

@@ -1,6 +1,6 @@
 """Every entry point answers a broken input with one error line naming the file or key and what was expected.
 
-Each case below runs the command line (``iiae.cli.main``) on a broken input and checks that it exits with status
+Each case below runs the command line (``iiae.cli.main.main``) on a broken input and checks that it exits with status
 2, prints exactly one line ``iiae...: error: ...`` holding the named fragments, leaves no partial output, and
 finishes within the module's time limit (``signal.alarm``: nothing hangs). 74 cases:
 
@@ -43,13 +43,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_runs import expect_error, tiny_args, tiny_idx_folder
 
 from iiae import IIAE, ModelConfig
-from iiae.cli import build_config, make_parser
-from iiae.config import save_config
+from iiae.cli.main import make_parser
+from iiae.cli.options import build_config
+from iiae.core.config import save_config
 from iiae.data import write_idx
-from iiae.training import IIAELightning
-from tiny_runs import expect_error, tiny_args, tiny_idx_folder
+from iiae.engine.training import IIAELightning
 
 TINY = ModelConfig(image_size=16, encoder_widths=[8], exclusive_widths=[8, 8], decoder_widths=[8], shared_channels=4)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_runs import ONE_THREAD
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -16,6 +17,7 @@ TINY_MODEL = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_throughput_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     args = ["--synthetic", "--batch-size", "8", "--steps", "1", "--rounds", "1", "--ablation", *TINY_MODEL,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from tiny_runs import expect_error
 
 from iiae import IIAE
-from iiae.cli import main
+from iiae.cli.main import main
 from iiae.data import write_idx
-from tiny_runs import expect_error
 
 TINY = ["--steps", "3", "--batch-size", "16", "--no-progress", "--set", "train.log_every=1"]
 
@@ -25,7 +25,7 @@ TINY = ["--steps", "3", "--batch-size", "16", "--no-progress", "--set", "train.l
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     result = subprocess.run(
-        [sys.executable, "-m", "iiae.cli", "train", "--out", str(out), *TINY],
+        [sys.executable, "-m", "iiae.cli.main", "train", "--out", str(out), *TINY],
         capture_output=True,
         text=True,
         timeout=600,
@@ -34,6 +34,7 @@ def tiny_run(tmp_path_factory):
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_train_writes_every_output(tiny_run):
     out, stdout = tiny_run
     for name in ["config.yaml", "metrics.json", "report.md", "loss_curves.png", "translation.png", "analogy.png",
@@ -45,9 +46,12 @@ def test_train_writes_every_output(tiny_run):
     assert metrics["train_pairs"] == 3500 and metrics["validation_pairs"] == 500  # held out of the 4,000
     assert metrics["selection"]["selected"] in ("best", "last") and metrics["selection"]["step"] <= 3
     for direction in ("shared_x_to_y", "shared_y_to_x", "exclusive_x_to_y", "exclusive_y_to_x"):
-        assert 0.0 <= metrics["retrieval"][direction]["top1"] <= 100.0
+        row = metrics["retrieval"][direction]
+        assert row["count"] == 1000 and row["top1"] == pytest.approx(100 * row["hits"] / 1000)
+        assert 1 <= row["median_rank"] <= 1000 and row["recall_at_5"] >= row["top1"]
     assert metrics["translation_fidelity"]["class_accuracy"]["real_x"] > 80  # the cached digit classifier (MNIST)
-    assert metrics["leakage"]["fit_pairs"] == 3500 and 0 <= metrics["leakage"]["digit_class"]["shared_x"] <= 100
+    # 3 steps train little, but a linear probe reads the digit from shared codes far above chance (10 %)
+    assert metrics["leakage"]["fit_pairs"] == 3500 and metrics["leakage"]["digit_class"]["shared_x"] > 30
     assert "shared_x_to_y" in stdout and str(out) in stdout
     report = (out / "report.md").read_text()
     assert "translation.png" in report and "99.7" in report  # the paper's number beside ours
@@ -61,6 +65,7 @@ def test_train_writes_every_output(tiny_run):
     IIAE.from_pretrained(out / "model")
 
 
+@pytest.mark.slow
 def test_evaluate_and_translate_a_run(tiny_run, tmp_path, capsys):
     out, _ = tiny_run
     assert main(["evaluate", str(out), "--json", str(tmp_path / "m.json")]) == 0

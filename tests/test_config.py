@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iiae.config import (
+from iiae.core.config import (
     ExperimentConfig,
     bundled_config_names,
     config_from_dict,
@@ -85,7 +85,7 @@ def test_missing_config_file_and_unknown_name(tmp_path):
                                             ("3", 3.0), ("0.001", 0.001)])
 def test_numbers_are_read_as_people_write_them(text, expected):
     """YAML 1.1 reads 1e-4 (no dot) as a string; a float key takes it as the number it is, from --set or a file."""
-    from iiae.config import parse_override
+    from iiae.core.config import parse_override
 
     path, value = parse_override(f"train.learning_rate={text}")
     config = config_from_dict({"train": {"learning_rate": value}})

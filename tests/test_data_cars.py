@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from iiae.cli import main
+from iiae.cli.main import main
 from iiae.data.cars import load_cars, read_car
 from iiae.errors import DataError
 

@@ -202,7 +202,7 @@ def test_recoloured_needs_intensities_and_one_epoch_per_batch() -> None:
 
 
 def test_recolouring_is_a_config_switch_of_the_cdcb_data_sets_only() -> None:
-    from iiae.config import DataConfig
+    from iiae.core.config import DataConfig
 
     assert DataConfig().recolour_every_epoch is False  # the paper's fixed data set is the default
     DataConfig(dataset="fashion_mnist_cdcb", recolour_every_epoch=True).validate()
@@ -211,7 +211,8 @@ def test_recolouring_is_a_config_switch_of_the_cdcb_data_sets_only() -> None:
 
 
 def test_the_training_loader_recolours_every_epoch_and_keeps_the_order() -> None:
-    from iiae.training import PairedDataModule, PairedSplits
+    from iiae.data.splits import PairedSplits
+    from iiae.engine.training import PairedDataModule
 
     dataset = _recoloured(16)
     plain = PairedSplits(train=dataset.pairs, test=dataset.pairs, source="synthetic")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from iiae.cli import main
-from iiae.config import DataConfig
+from iiae.cli.main import main
+from iiae.core.config import DataConfig
 from iiae.data import download
 from iiae.data.export import to_uint8
 from iiae.data.paired_images import scan_split
-from iiae.training import build_cdcb_splits
+from iiae.data.splits import build_cdcb_splits
 
 
 @pytest.mark.parametrize("layout", ["ab", "folders"])

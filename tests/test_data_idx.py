@@ -72,7 +72,9 @@ def test_read_returns_writable_array(tmp_path: Path) -> None:
     path = tmp_path / "a.idx"
     write_idx(path, np.zeros((2, 2), np.uint8))
     loaded = read_idx(path)
+    assert loaded.flags.writeable
     loaded[0, 0] = 1  # would raise if the array were a read-only view of the file bytes
+    assert loaded[0, 0] == 1 and read_idx(path)[0, 0] == 0  # a copy: the file is untouched
 
 
 def test_write_rejects_unsupported_dtype(tmp_path: Path) -> None:

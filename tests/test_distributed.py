@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ONE_THREAD, SLOW_CLI, run_cli, tiny_idx_folder
 from torch import nn
 
-from iiae.config import TrainConfig
-from iiae.distributed import GlobalBatchNorm, GlobalBatchNormSync, process_rank
+from iiae.core.config import TrainConfig
+from iiae.engine.distributed import GlobalBatchNorm, GlobalBatchNormSync, process_rank
+from iiae.engine.resume import EpochShuffleSampler
 from iiae.errors import ConfigError
-from iiae.resume import EpochShuffleSampler
-from tiny_runs import ONE_THREAD, SLOW_CLI, run_cli, tiny_idx_folder
+
+pytestmark = pytest.mark.slow  # several processes and DDP runs: minutes on 2 cores
 
 DDP_STEPS = 20
 TINY = [
@@ -85,7 +87,7 @@ DDP = ["--devices", "2", "--strategy", "ddp"]
 # Lightning's launcher starts process 1 by running the same script again.
 NAN_IN_ONE_PROCESS = """
 import os, sys
-import iiae.training as training
+import iiae.engine.training as training
 loss = training.iiae_loss
 def loss_with_a_nan_term(*args, step, **kwargs):
     terms = loss(*args, step=step, **kwargs)
@@ -93,7 +95,7 @@ def loss_with_a_nan_term(*args, step, **kwargs):
         terms["l1_x"] = terms["l1_x"] * float("nan")
     return terms
 training.iiae_loss = loss_with_a_nan_term
-from iiae.cli import main
+from iiae.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -147,9 +149,9 @@ def test_two_processes_match_one_process(runs: Path, tmp_path: Path) -> None:
 
 
 def test_torchrun_launch_trains_what_lightnings_launcher_trains(runs: Path, tmp_path: Path) -> None:
-    """``torchrun --nproc-per-node 2 -m iiae.cli train --devices 2 ...`` (the README's multi-node form, one node)."""
+    """``torchrun --nproc-per-node 2 -m iiae.cli.main train --devices 2 ...`` (the README's multi-node form, one node)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command = [*torchrun, "-m", "iiae.cli", "train", *_common(runs / "data"), *DDP, "--out", str(tmp_path / "run")]
+    command = [*torchrun, "-m", "iiae.cli.main", "train", *_common(runs / "data"), *DDP, "--out", str(tmp_path / "run")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert _train_rows(tmp_path / "run") == _train_rows(runs / "two")
@@ -176,10 +178,10 @@ def test_two_nodes_train_what_one_node_of_two_processes_trains(runs: Path, tmp_p
         if launcher == "torchrun":
             command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                        "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                       "-m", "iiae.cli", *train]  # fmt: skip
+                       "-m", "iiae.cli.main", *train]  # fmt: skip
             env = ONE_THREAD
         else:
-            command = [sys.executable, "-m", "iiae.cli", *train]
+            command = [sys.executable, "-m", "iiae.cli.main", *train]
             env = {**ONE_THREAD, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node)}
         nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                       cwd=tmp_path))  # fmt: skip
@@ -254,7 +256,8 @@ def test_a_nan_in_one_process_skips_the_step_in_every_process(runs: Path, tmp_pa
 
 def test_flags_and_speed_switches_reach_the_run(tmp_path: Path) -> None:
     """--devices/--num-nodes/--strategy set the config; bf16-mixed and the contiguous layout train on CPU too."""
-    from iiae.cli import build_config, make_parser
+    from iiae.cli.main import make_parser
+    from iiae.cli.options import build_config
 
     flags = ["train", "--devices", "2", "--num-nodes", "3", "--strategy", "ddp", "--batch-size", "12"]
     train = build_config(make_parser().parse_args(flags)).train
@@ -271,7 +274,8 @@ def test_flags_and_speed_switches_reach_the_run(tmp_path: Path) -> None:
 def test_strategies_other_than_ddp_are_refused_in_one_line(tmp_path: Path) -> None:
     """ddp_spawn crashed with a traceback (it cannot pickle the run's callbacks); fsdp/deepspeed would break the
     checkpoints: both are refused before anything is written."""
-    from iiae.cli import build_config, make_parser
+    from iiae.cli.main import make_parser
+    from iiae.cli.options import build_config
 
     with pytest.raises(ConfigError, match="train.strategy must be one of auto, ddp; got 'fsdp'"):
         build_config(make_parser().parse_args(["train", "--set", "train.strategy=fsdp"]))
@@ -285,7 +289,7 @@ def test_gpus_this_machine_lacks_are_refused_before_anything_is_written(
 ) -> None:
     """--accelerator gpu without a GPU (or more --devices than GPUs) was a Lightning traceback after config.yaml
     had been written (in zs-sbir, after the feature stage); now one line, exit 2, no folder."""
-    from iiae.cli import main
+    from iiae.cli.main import main
 
     out = tmp_path / "run"
     assert main(["train", "--accelerator", "gpu", "--out", str(out)]) == 2

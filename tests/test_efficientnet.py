@@ -19,7 +19,12 @@ import torch
 
 from iiae.errors import CheckpointError
 from iiae.zsbir import efficientnet
-from iiae.zsbir.efficientnet import EfficientNetLite0, fold_batch_norm, load_efficientnet_lite0, normalise_pixels
+from iiae.zsbir.efficientnet import (
+    EfficientNetLite0,
+    fold_batch_norm,
+    load_efficientnet_lite0,
+    normalise_pixels,
+)
 from iiae.zsbir.image_pipeline import decode_image
 
 # Sketchy class -> the ImageNet class the network predicts for most of its photos
@@ -109,6 +114,7 @@ def test_folding_batch_norm_keeps_the_outputs(padding):
 
 
 @needs_weights
+@pytest.mark.slow
 def test_golden_real_photos_are_classified_into_their_imagenet_class():
     folder = sketchy_photo_folder()
     pixels, labels = [], []

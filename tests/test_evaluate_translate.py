@@ -9,12 +9,13 @@ import shutil
 import pytest
 import torch
 from PIL import Image
-
-from iiae.cli import main
-from iiae.config import config_from_dict
-from iiae.runner import train_and_evaluate
-
 from tiny_runs import expect_error, tiny_idx_folder
+
+from iiae.cli.main import main
+from iiae.core.config import config_from_dict
+from iiae.runs.runner import train_and_evaluate
+
+pytestmark = pytest.mark.slow  # trains the run its tests evaluate
 
 TINY = {
     "model": {"image_size": 16, "encoder_widths": [8], "exclusive_widths": [8], "decoder_widths": [8]},
@@ -76,7 +77,7 @@ def test_evaluate_without_measures_and_measures_of_other_data(run, tmp_path, cap
     written = json.loads(target.read_text())
     assert written["leakage"] == written["translation_fidelity"] == "kept" and written["retrieval"]
 
-    from iiae.trained import load_trained, write_metrics
+    from iiae.runs.trained import load_trained, write_metrics
 
     write_metrics(target, written["retrieval"], load_trained(out), 32, "other pairs", measures={})
     assert set(json.loads(target.read_text())) == {"note", "retrieval", "evaluated"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iiae import IIAE, ModelConfig
-from iiae.evaluation import (
+from iiae.evaluation.retrieval import (
     encode_pairs,
     format_retrieval_table,
     partner_ranks,

@@ -7,7 +7,13 @@ import torch
 from PIL import Image
 
 from iiae import IIAE, ModelConfig
-from iiae.figures import TRAVERSAL_VALUES, analogy_grid, panel_figure_size, save_figures, traversal_grid
+from iiae.evaluation.figures import (
+    TRAVERSAL_VALUES,
+    analogy_grid,
+    panel_figure_size,
+    save_figures,
+    traversal_grid,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from iiae.figures import read_logged_terms, save_loss_curves
+from iiae.evaluation.figures import read_logged_terms, save_loss_curves
 
 
 def test_loss_curves_from_csv_and_without_any_log(tmp_path):

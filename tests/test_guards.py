@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import iiae.training
-from iiae.checkpointing import load_checkpoint, newest_checkpoint
-from iiae.cli import build_config, main, make_parser
-from iiae.errors import NonFiniteError
-from iiae.guards import NonFiniteGuard
-from iiae.objective import LOGVAR_MIN, kl_between, kl_to_standard_normal, split_gaussian
-from iiae.runner import train_and_evaluate
 from tiny_runs import tiny_args, tiny_idx_folder
+
+import iiae.engine.training
+from iiae.cli.main import main, make_parser
+from iiae.cli.options import build_config
+from iiae.core.objective import (
+    LOGVAR_MIN,
+    kl_between,
+    kl_to_standard_normal,
+    split_gaussian,
+)
+from iiae.engine.checkpointing import load_checkpoint, newest_checkpoint
+from iiae.engine.guards import NonFiniteGuard
+from iiae.errors import NonFiniteError
+from iiae.runs.runner import train_and_evaluate
 
 BAD_STEP = 5
 
@@ -21,7 +27,7 @@ BAD_STEP = 5
 @pytest.fixture
 def nan_at_step(monkeypatch):
     """kl_joint (and so the loss) becomes NaN at step BAD_STEP."""
-    real_loss = iiae.training.iiae_loss
+    real_loss = iiae.engine.training.iiae_loss
 
     def loss_with_a_nan(*args, step, **kwargs):
         terms = real_loss(*args, step=step, **kwargs)
@@ -30,7 +36,7 @@ def nan_at_step(monkeypatch):
             terms["loss"] = terms["loss"] + terms["kl_joint"]
         return terms
 
-    monkeypatch.setattr(iiae.training, "iiae_loss", loss_with_a_nan)
+    monkeypatch.setattr(iiae.engine.training, "iiae_loss", loss_with_a_nan)
 
 
 def _config(tmp_path, *extra):
@@ -99,8 +105,8 @@ def test_ctrl_c_finishes_the_step_then_stops_and_a_second_one_stops_at_once(caps
     import os
     import signal
 
+    from iiae.engine.guards import GracefulStop
     from iiae.errors import RunInterrupted
-    from iiae.guards import GracefulStop
 
     class Trainer:
         global_step = 7

@@ -7,15 +7,19 @@ import torch
 
 from iiae import IIAE, ModelConfig
 from iiae.data import load_digits, make_cdcb
-from iiae.digit_classifier import ClassifierSettings, digit_map, load_or_train_classifier
-from iiae.fidelity import (
+from iiae.evaluation.digit_classifier import (
+    ClassifierSettings,
+    digit_map,
+    load_or_train_classifier,
+)
+from iiae.evaluation.fidelity import (
     colour_errors,
     fitted_background_colour,
     fitted_digit_colour,
     intensity_from_y,
     translate_test_pairs,
 )
-from iiae.measures import evaluate_measures, measures_markdown
+from iiae.evaluation.measures import evaluate_measures, measures_markdown
 
 FAST = ClassifierSettings(epochs=2)
 

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from iiae import IIAE, LossConfig, ModelConfig
-from iiae.objective import (
+from iiae.core.objective import (
     Gaussian,
     Posteriors,
     iiae_loss,

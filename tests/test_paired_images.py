@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from iiae.cli import main
+from iiae.cli.main import main
 from iiae.data.paired_images import ImageFileError, scan_split, sorted_images
 from iiae.errors import DataError
 
@@ -188,8 +188,8 @@ def test_worker_error_keeps_one_line():
 
 
 def test_validation_pairs_are_a_folder_or_held_out_of_train(tmp_path):
-    from iiae.config import config_from_dict
-    from iiae.datasets import build_splits
+    from iiae.core.config import config_from_dict
+    from iiae.data.datasets import build_splits
 
     root = make_ab(tmp_path)
     base = {"model": {"image_size": 16, "encoder_widths": [8], "exclusive_widths": [8], "decoder_widths": [8]},

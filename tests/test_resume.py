@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import SLOW_CLI, STEPS, run_cli, start_cli, tiny_args, tiny_idx_folder
 
 from iiae import IIAE
-from iiae.checkpointing import RunLock, load_checkpoint, newest_checkpoint
-from iiae.cli import main
-from iiae.config import load_config
+from iiae.cli.main import main
+from iiae.core.config import load_config
+from iiae.engine.checkpointing import load_checkpoint, newest_checkpoint
 from iiae.errors import OutputError
-from tiny_runs import SLOW_CLI, STEPS, run_cli, start_cli, tiny_args, tiny_idx_folder
+from iiae.runs.run_folder import RunLock
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert metrics["retrieval"] == expected["retrieval"] and metrics["steps"] == expected["steps"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, data, reference):
-    k = random.randint(3, STEPS - 8)
+    k = random.Random(20201206).randint(3, STEPS - 8)  # seeded: a failure names a step that reproduces it
     out = tmp_path / "killed"
     process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data)])
     _wait_until(process, lambda: _newest_step(out) >= k, f"a checkpoint of step >= {k}")
@@ -99,6 +101,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, data, r
     assert len(list((out / "checkpoints").glob("step=*.ckpt"))) == 2  # keep_checkpoints, stale ones removed
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_and_resume_auto_continues(tmp_path, data, reference, monkeypatch):
     out = tmp_path / "runs" / "mnist_cdcb-sigterm"  # --resume auto: the newest run of the config under runs/
     process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data, checkpoint_every=7)], cwd=tmp_path)
@@ -121,6 +124,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resume_auto_continues(tmp_pat
     assert_same_run(out, reference)  # the checkpoint cadence (7 vs 1) changes nothing either
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, data):
     out, marker = tmp_path / "run", tmp_path / "half-written"
     hang_at_step = 4
@@ -153,11 +157,13 @@ torch.save = hanging_save""",
     assert checkpoint["global_step"] == hang_at_step - 1 and path.suffix == ".ckpt"
 
 
+@pytest.mark.slow
 def test_same_seed_and_config_give_identical_runs(tmp_path, data, reference):
     assert main_one_thread(["train", "--out", str(tmp_path / "again"), *tiny_args(data, checkpoint_every=10)]) == 0
     assert_same_run(tmp_path / "again", reference)  # in this process, the reference in another one
 
 
+@pytest.mark.slow
 def test_recoloured_epochs_resume_exactly_and_change_the_run(tmp_path, data, reference):
     """data.recolour_every_epoch: a run stopped at step 12 (epoch 1 of 8-batch epochs) and resumed to 30 ends
     bit-identical to one never stopped; and it trained on other colours than the fixed data set."""
@@ -172,6 +178,7 @@ def test_recoloured_epochs_resume_exactly_and_change_the_run(tmp_path, data, ref
     assert losses[0][10:] != losses[1][10:]
 
 
+@pytest.mark.slow
 def test_export_writes_a_safetensors_model_that_loads(tmp_path, reference, capsys):
     assert main(["export", str(reference), "--out", str(tmp_path / "exported")]) == 0
     model = IIAE.from_pretrained(tmp_path / "exported")
@@ -187,9 +194,11 @@ def test_export_writes_a_safetensors_model_that_loads(tmp_path, reference, capsy
     assert main(["export", str(reference), "--out", str(tmp_path / "exported")]) == 2  # never overwrites
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_refuses(tmp_path, data, reference, monkeypatch):
-    import iiae.runner as runner
-    from iiae.cli import build_config, make_parser
+    import iiae.runs.runner as runner
+    from iiae.cli.main import make_parser
+    from iiae.cli.options import build_config
 
     config = build_config(make_parser().parse_args(["train", *tiny_args(data), "--steps", "40"]))
     # resuming a run while another process holds it
@@ -209,3 +218,23 @@ def test_a_second_run_on_a_folder_in_use_refuses(tmp_path, data, reference, monk
         runner.train_and_evaluate(config, out)
     assert [p.name for p in out.iterdir()] == [".iiae.lock"]  # nothing of the second run
     competitor.__exit__()
+
+
+def test_the_run_checkpoint_runs_after_every_other_callback(tmp_path):
+    """RunCheckpoint relies on running last at the end of a step; Lightning moves it there, and it refuses
+    any other order."""
+    import lightning as L
+
+    from iiae.engine.checkpointing import RunCheckpoint
+    from iiae.engine.guards import GracefulStop
+
+    checkpoint, stop = RunCheckpoint(tmp_path, every=1, keep=1), GracefulStop()
+    trainer = L.Trainer(callbacks=[checkpoint, stop], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    assert trainer.callbacks.index(stop) < trainer.callbacks.index(checkpoint)
+
+    class MisorderedTrainer:
+        callbacks = [checkpoint, stop]
+
+    with pytest.raises(RuntimeError, match="must be the last callback"):
+        checkpoint.setup(MisorderedTrainer(), None, "fit")

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from iiae import IIAE, ModelConfig
-from iiae.config import LossConfig, TrainConfig
-from iiae.objective import iiae_loss
-from iiae.training import apply_speed_switches, make_optimizer
+from iiae.core.config import LossConfig, TrainConfig
+from iiae.core.objective import iiae_loss
+from iiae.engine.training import apply_speed_switches, make_optimizer
 
 SMALL = ModelConfig(image_size=16, encoder_widths=[8], exclusive_widths=[8, 8], decoder_widths=[8], shared_channels=4)
 OFFICIAL = ModelConfig(image_size=16, architecture="official", decoder_dropout=0.0, encoder_widths=[8],

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from iiae.cli import main
-from iiae.config import ExperimentConfig
+from iiae.cli.main import main
+from iiae.core.config import ExperimentConfig
 from iiae.data import write_idx
 from iiae.errors import ConfigError
-from iiae.sweeps import (
+from iiae.runs.sweeps import (
     flatten_numbers,
     mean_and_std,
     parse_seeds,
@@ -113,6 +113,7 @@ def _idx_folder(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_seeds_and_sweep_end_to_end(tmp_path, capsys):
     """Two real tiny runs (--sweep with one value and --seeds 0,1): folders, metrics, summary mean and std."""
     data, out = _idx_folder(tmp_path / "digits"), tmp_path / "sweep"

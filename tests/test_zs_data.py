@@ -5,7 +5,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from iiae.cli import main
+from iiae.cli.main import main
 from iiae.errors import DataError
 from iiae.zsbir.features import (
     load_official_features,

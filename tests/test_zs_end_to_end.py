@@ -9,8 +9,8 @@ import yaml
 from PIL import Image, ImageDraw
 
 import iiae.zsbir.feature_net as feature_net
+from iiae.cli.main import main
 from iiae.zsbir.backbones import TorchvisionFeatures
-from iiae.cli import main
 from iiae.zsbir.config import FeatureNetConfig
 
 CLASSES = ["apple", "bat", "car_(sedan)", "door", "eel", "fan"]
@@ -138,3 +138,81 @@ def test_train_on_plain_features_through_the_cli(tmp_path, capsys):
     assert metrics["feature_extractor"] is None and not (run / "feature_extractor").exists()
     assert metrics["retrieval"]["queries"] == 12 and metrics["retrieval"]["gallery"] == 12
     assert "precomputed" in (run / "report.md").read_text()
+
+
+def plain_features(folder, dim: int = 12):
+    """sketch.npz and image.npz: 5 classes x 6 feature vectors (2 unseen, in unseen.txt)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, dim))
+    labels = np.repeat(np.array(["a", "b", "c", "d", "e"]), 6)
+    for domain, shift in (("sketch", 0.0), ("image", 1.0)):
+        features = centres[np.repeat(np.arange(5), 6)] + shift + 0.1 * rng.normal(size=(30, dim))
+        np.savez(folder / f"{domain}.npz", features=features.astype(np.float32), labels=labels)
+    (folder / "unseen.txt").write_text("d\ne\n")
+    return folder
+
+
+def plain_args(folder, steps: int) -> list[str]:
+    return ["--data-source", "plain", "--data-root", str(folder), "--unseen", str(folder / "unseen.txt"),
+            "--steps", str(steps), "--set", "evaluation.ks=[5]", "--set", "train.checkpoint_every=1",
+            "--set", "train.log_every=1", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+def test_a_zero_shot_run_is_a_pipeline_run_with_checkpoints_and_resume_refuses_a_finished_one(tmp_path, capsys):
+    features = plain_features(tmp_path)
+    run = tmp_path / "run"
+    assert main(["zs-sbir", "train", *plain_args(features, 4), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert {path.name for path in (run / "checkpoints").iterdir()} == {"last.ckpt", "step=00000003.ckpt",
+                                                                       "step=00000004.ckpt"}  # fmt: skip
+    assert (run / "loss_curves.png").is_file() and not (run / ".iiae.lock").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["selection"]["selected"] == "last" and metrics["parameters"] > 0
+    error = _zs_error(capsys, ["zs-sbir", "train", "--resume", str(run)])
+    assert "already finished its 4 steps" in error
+    error = _zs_error(capsys, ["zs-sbir", "train", "--resume", str(run), "--set", "loss.lambda_=0"])
+    assert "loss.lambda_" in error  # a resumed run trains what it started with
+    error = _zs_error(capsys, ["zs-sbir", "train", "--resume", str(run), "--method", "supervised"])
+    assert "method" in error
+    assert main(["zs-sbir", "train", "--resume", str(run), "--steps", "6"]) == 0  # train further
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+
+
+def _zs_error(capsys, argv: list[str]) -> str:
+    from tiny_runs import expect_error
+
+    return expect_error(capsys, argv, prefix="iiae: error:")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_of_a_zero_shot_run_is_bit_identical(tmp_path):
+    import signal
+    import time
+
+    import torch
+    from tiny_runs import SLOW_CLI, run_cli, start_cli
+
+    from iiae.engine.checkpointing import load_checkpoint
+
+    features, steps = plain_features(tmp_path), 16
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert run_cli(["zs-sbir", "train", *plain_args(features, steps), "--out", str(reference)]).returncode == 0
+    process = start_cli(SLOW_CLI, ["zs-sbir", "train", *plain_args(features, steps), "--out", str(killed)],
+                        IIAE_TEST_PAUSE="0.2")  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "step=00000006.ckpt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended or hung before step 6"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (killed / "metrics.json").exists()
+    result = run_cli(["zs-sbir", "train", "--resume", str(killed), "--threads", "1", "--no-progress"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    ours, theirs = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (killed, reference))
+    assert ours["global_step"] == theirs["global_step"] == steps
+    for name, tensor in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][name], tensor), name
+    assert (killed / "model" / "model.safetensors").read_bytes() == (reference / "model" / "model.safetensors").read_bytes()
+    assert (killed / "logs" / "metrics.csv").read_text() == (reference / "logs" / "metrics.csv").read_text()
+    ours, theirs = (json.loads((run / "metrics.json").read_text())["retrieval"] for run in (killed, reference))
+    assert ours == theirs

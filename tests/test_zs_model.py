@@ -1,13 +1,27 @@
-"""The MLP IIAE of the zero-shot experiment: the paper's sizes, the shared objective (MSE and Gaussian
-likelihood), feature standardisation, save and load."""
+"""The IIAE of the zero-shot experiment (architecture ``mlp`` of :class:`iiae.IIAE`): the paper's sizes, the
+shared objective (MSE and Gaussian likelihood), feature standardisation, save and load, and the model files of
+earlier versions."""
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from iiae.config import LossConfig
-from iiae.objective import iiae_loss
+from iiae import IIAE
+from iiae.core.config import LossConfig
+from iiae.core.objective import iiae_loss
+from iiae.errors import CheckpointError
 from iiae.zsbir.config import MLPModelConfig, load_zs_config
-from iiae.zsbir.mlp_model import MLPIIAE
+from iiae.zsbir.train import load_model
+
+DATA = Path(__file__).parent / "data"
+
+
+def MLPIIAE(config: MLPModelConfig) -> IIAE:  # noqa: N802 - reads as the class it builds
+    """The IIAE of the zero-shot config section ``config``."""
+    return IIAE(config.model_config())
 
 
 def test_paper_sizes_and_codes():
@@ -126,24 +140,48 @@ def test_save_and_load_round_trip(tmp_path):
     model = MLPIIAE(config).eval()
     model.fit_standardisation(torch.randn(20, 10) * 5, torch.randn(20, 10) + 3)
     model.save_pretrained(tmp_path / "model")
-    loaded = MLPIIAE.from_pretrained(tmp_path / "model")
+    loaded = IIAE.from_pretrained(tmp_path / "model")
     x = torch.randn(4, 10)
     assert torch.equal(model.encode_shared_x(x), loaded.encode_shared_x(x))
     assert torch.equal(loaded.scale_x, model.scale_x) and loaded.scale_x.ne(1).all()
-    assert loaded.config == config
+    assert loaded.config == config.model_config()
 
 
-def test_model_files_from_before_standardisation_still_load(tmp_path):
-    """A config.json without ``standardise`` (written by earlier versions) is an unstandardised model."""
-    import json
-
-    config = MLPModelConfig(input_dim=10, hidden_dims=[8, 6], code_dim=3, joint_hidden_dim=5, decoder_hidden_dim=4,
-                            standardise="none")
-    MLPIIAE(config).save_pretrained(tmp_path / "model")
-    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+def test_model_files_of_the_earlier_feature_model_load_as_mlp_iiae(tmp_path):
+    """tests/data/zs_model_v0 was written by the MLPIIAE class this architecture replaced (kind zs_sbir_mlp_iiae,
+    code_dim): it loads as the same model, codes equal to those it gave then."""
+    model = load_model(DATA / "zs_model_v0")
+    assert isinstance(model, IIAE) and model.config.architecture == "mlp"
+    assert (model.config.exclusive_dim, model.config.shared_channels, model.config.standardise) == (3, 3, "per_domain")
+    expected = json.loads((DATA / "zs_model_v0" / "expected_codes.json").read_text())
+    probe = torch.tensor(expected["probe"])
+    with torch.no_grad():
+        assert torch.allclose(model.encode_shared_x(probe), torch.tensor(expected["shared_x"]), atol=1e-6)
+        assert torch.allclose(model.encode_shared_y(probe), torch.tensor(expected["shared_y"]), atol=1e-6)
+    # files written before standardisation existed (no ``standardise`` key) hold unstandardised models
+    old = tmp_path / "model"
+    shutil.copytree(DATA / "zs_model_v0", old)
+    meta = json.loads((old / "config.json").read_text())
     del meta["model"]["standardise"]
-    (tmp_path / "model" / "config.json").write_text(json.dumps(meta))
-    assert MLPIIAE.from_pretrained(tmp_path / "model").config.standardise == "none"
+    (old / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="unexpected tensor (shift|scale)_"):  # buffers it has no use for
+        IIAE.from_pretrained(old)
+    unstandardised = MLPIIAE(MLPModelConfig(input_dim=6, hidden_dims=[5, 4], code_dim=3, joint_hidden_dim=4,
+                                            decoder_hidden_dim=4, standardise="none"))
+    unstandardised.save_pretrained(tmp_path / "new")
+    shutil.copy(tmp_path / "new" / "model.safetensors", old / "model.safetensors")
+    assert IIAE.from_pretrained(old).config.standardise == "none"
+
+
+def test_image_model_files_of_the_first_format_still_load():
+    """tests/data/image_model_v1: written by iiae 0.1.0 before ModelConfig had the mlp keys; same codes."""
+    model = IIAE.from_pretrained(DATA / "image_model_v1")
+    assert model.config.architecture == "small" and model.config.standardise == "none"
+    expected = json.loads((DATA / "image_model_v1" / "expected_codes.json").read_text())
+    probe = torch.linspace(-1, 1, 2 * 3 * 16 * 16).view(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_shared_x(probe).flatten(), torch.tensor(expected["shared_x"]), atol=1e-6)
+        assert torch.allclose(model.encode_exclusive_y(probe), torch.tensor(expected["exclusive_y"]), atol=1e-6)
 
 
 def test_bundled_zs_configs_carry_the_paper_recipe_and_the_default():

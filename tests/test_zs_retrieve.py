@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_zs_end_to_end import tiny_config
+from tiny_runs import expect_error
 
-from iiae.cli import main
+from iiae.cli.main import main
 from iiae.zsbir.feature_extractor import FeatureExtractor
 from iiae.zsbir.report import GAP, TILE
 from iiae.zsbir.train import load_model
-from test_zs_end_to_end import tiny_config
-from tiny_runs import expect_error
 
 RESULT = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d{4})\s+(\S.*)$")
 

@@ -46,21 +46,21 @@ def tiny_args(data: Path, checkpoint_every: int = 1) -> list[str]:
 # Runs the CLI with every checkpoint write followed by a pause, so a test can kill it at a chosen step.
 SLOW_CLI = """
 import os, sys, time
-import iiae.checkpointing as checkpointing
+import iiae.engine.checkpointing as checkpointing
 write = checkpointing.atomic_torch_save
 def slow_write(obj, path):
     write(obj, path)
     time.sleep(float(os.environ.get("IIAE_TEST_PAUSE", "0.05")))
 checkpointing.atomic_torch_save = slow_write
-from iiae.cli import main
+from iiae.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m iiae.cli ARGS`` in a fresh process with one thread."""
+    """``python -m iiae.cli.main ARGS`` in a fresh process with one thread."""
     return subprocess.run(
-        [sys.executable, "-m", "iiae.cli", *args], capture_output=True, text=True, timeout=timeout, env=ONE_THREAD,
+        [sys.executable, "-m", "iiae.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=ONE_THREAD,
         cwd=cwd,
     )  # fmt: skip
 
@@ -74,9 +74,9 @@ def start_cli(script: str, args: list[str], cwd: Path | None = None, **env: str)
 
 
 def expect_error(capsys, argv: list[str], *fragments: str, prefix: str = "iiae") -> str:  # noqa: ANN001
-    """``iiae.cli.main(argv)``: exit status 2 and exactly one stderr line, starting with ``prefix`` and holding
+    """``iiae.cli.main.main(argv)``: exit status 2 and exactly one stderr line, starting with ``prefix`` and holding
     ``: error: `` and every fragment (argparse's ``iiae train: error: ...`` included when ``prefix`` allows)."""
-    from iiae.cli import main
+    from iiae.cli.main import main
 
     try:
         status = main(argv)

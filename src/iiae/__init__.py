@@ -5,12 +5,24 @@ Public API::
     from iiae import IIAE, ExperimentConfig, ModelConfig, LossConfig, iiae_loss
 """
 
-from iiae.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig, load_config
+from iiae.core.config import (
+    DataConfig,
+    ExperimentConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+)
+from iiae.core.model import IIAE, IIAEOutput
+from iiae.core.objective import (
+    Gaussian,
+    Posteriors,
+    iiae_loss,
+    kl_between,
+    kl_to_standard_normal,
+)
 from iiae.errors import CheckpointError, ConfigError, DataError, IIAEError, OutputError
-from iiae.model import IIAE, IIAEOutput
-from iiae.objective import Gaussian, Posteriors, iiae_loss, kl_between, kl_to_standard_normal
-
-__version__ = "0.1.0"
+from iiae.version import __version__
 
 __all__ = [
     "IIAE",

@@ -29,7 +29,7 @@ class OutputError(IIAEError, OSError):
 
 
 class NonFiniteError(IIAEError, ArithmeticError):
-    """A loss term or a gradient became NaN or infinite during training (see :mod:`iiae.guards`)."""
+    """A loss term or a gradient became NaN or infinite during training (see :mod:`iiae.engine.guards`)."""
 
 
 class RunInterrupted(IIAEError):

@@ -181,11 +181,11 @@ class RecolouredCDCB(Dataset):
     Epoch 0 serves ``pairs`` as they are (the fixed colours); epoch e > 0 draws every pair's CB background and
     CD digit colour again from ``numpy.random.default_rng([seed, e])``, so the colours are a function of (seed,
     epoch) and a resumed or multi-process run sees the pairs a single uninterrupted run sees. The digits never
-    change. Keys are ``(epoch, index)`` (:class:`iiae.resume.EpochShuffleSampler` with ``with_epoch``), so the
+    change. Keys are ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler` with ``with_epoch``), so the
     epoch reaches DataLoader workers too.
     """
 
-    indexed_by_epoch = True  # read by iiae.resume.ResumableDataLoader
+    indexed_by_epoch = True  # read by iiae.engine.resume.ResumableDataLoader
 
     def __init__(self, pairs: PairedImages, seed: int) -> None:
         if pairs.intensity is None:

@@ -8,12 +8,17 @@ quantised images). ``--format folders`` writes ``DIR/<split>/X/<n>.png`` and ``D
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from iiae.core.config import ExperimentConfig
+from iiae.data.cdcb import compose_cdcb, digit_intensity
+from iiae.data.mnist import load_digits
+from iiae.data.splits import build_cdcb_splits
 from iiae.errors import OutputError
 
 
@@ -51,3 +56,32 @@ def check_export_folder(out: Path) -> None:
     """Refuse a folder that already holds files, so two exports are never mixed."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"export folder {out} already exists and is not empty; choose a new --out")
+
+
+# --------------------------------------------------------------------------------------------- MNIST-CDCB
+_CHUNK = 256
+
+
+def _render_cdcb(digits, background: torch.Tensor, digit_colour: torch.Tensor, size: int):
+    """MNIST-CDCB at ``size`` with given colours (:func:`iiae.data.cdcb.compose_cdcb`), in chunks."""
+    for start in range(0, len(digits), _CHUNK):
+        chunk = slice(start, start + _CHUNK)
+        yield compose_cdcb(digit_intensity(digits[chunk], size), background[chunk], digit_colour[chunk])
+
+
+def export_cdcb(config: ExperimentConfig, out: Path, size: int, layout: str, limit: int | None) -> dict[str, int]:
+    """Write the train and test pairs of a CDCB config (colours exactly as training draws them)."""
+    data = config.data  # every training pair is written: a reader holds out validation pairs by the same rule
+    colours = build_cdcb_splits(replace(data, validation_fraction=0.0), 8)  # training's colours; size 8 is cheap
+    dataset = "fashion_mnist" if data.dataset == "fashion_mnist_cdcb" else "mnist"
+    digits = load_digits(data.source, data.root, dataset=dataset, split_seed=data.split_seed)
+    counts = {}
+    splits = (("train", digits.train_images, colours.train), ("test", digits.test_images, colours.test))
+    for split, images, pairs in splits:
+        images = images[:limit] if limit else images
+        written = 0
+        background, digit_colour = pairs.background_colour_x[: len(images)], pairs.digit_colour_y[: len(images)]
+        for x, y in _render_cdcb(images, background, digit_colour, size):
+            written += export_pairs(x, y, out / split, layout, first=written + 1)
+        counts[split] = written
+    return counts

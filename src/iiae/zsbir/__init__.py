@@ -10,9 +10,9 @@
 
 Modules: :mod:`~iiae.zsbir.features` (data and class splits), :mod:`~iiae.zsbir.feature_net` (images -> features;
 :mod:`~iiae.zsbir.efficientnet`, :mod:`~iiae.zsbir.pretrained_features`, :mod:`~iiae.zsbir.image_pipeline`,
-:mod:`~iiae.zsbir.feature_extractor`), :mod:`~iiae.zsbir.mlp_model` (the MLP IIAE),
+:mod:`~iiae.zsbir.feature_extractor`), :mod:`~iiae.zsbir.baseline` (the supervised embedding),
 :mod:`~iiae.zsbir.sampler` (class-level pairs), :mod:`~iiae.zsbir.metrics` (mAP@all, P@K, mAP@K),
-:mod:`~iiae.zsbir.train` (runs), :mod:`~iiae.zsbir.report`,
+:mod:`~iiae.zsbir.train` (runs: the ``mlp`` architecture of :class:`iiae.IIAE`, trained by the engine), :mod:`~iiae.zsbir.report`,
 :mod:`~iiae.zsbir.retrieve` (a query image against a folder of images).
 Configs: ``zs_sketchy`` (25 unseen classes of SEM-PCYC), ``zs_sketchy_yelamarthi`` (21 of Yelamarthi et al.).
 """

@@ -1,4 +1,4 @@
-"""``iiae zs-sbir train|evaluate|retrieve``: zero-shot sketch-based image retrieval (hooked into :mod:`iiae.cli`).
+"""``iiae zs-sbir train|evaluate|retrieve``: zero-shot sketch-based image retrieval (hooked into :mod:`iiae.cli.main`).
 
     iiae zs-sbir train --data-root ../shared/data/sketchy_subset_128 --unseen seeded --out runs/zs
     iiae zs-sbir train --config zs_sketchy_yelamarthi --data-source official --data-root FEATURES --out runs/zs21
@@ -13,33 +13,44 @@ import argparse
 import json
 from pathlib import Path
 
-from iiae.config import parse_override, set_by_path
-from iiae.errors import CheckpointError
+from iiae.core.config import apply_overrides
+from iiae.errors import CheckpointError, ConfigError
 
 
 def build_zs_config(args: argparse.Namespace, base=None):
     """Bundled name or YAML (or ``base``), then --set overrides, then the flags; validated once."""
     from iiae.zsbir.config import load_zs_config, zs_config_from_dict
 
-    values = (base or load_zs_config(args.config)).to_dict()
-    overrides = [parse_override(text) for text in args.set or []]
     flags = {("data", "source"): args.data_source, ("data", "root"): args.data_root, ("data", "unseen"): args.unseen,
              ("train", "steps"): args.steps, ("train", "seed"): args.seed, ("method",): args.method,
              ("feature_net", "cache_dir"): args.cache_dir, ("train", "threads"): args.threads}
-    overrides += [(list(path), value) for path, value in flags.items() if value is not None]
-    for path, value in overrides:
-        set_by_path(values, path, value)
-    return zs_config_from_dict(values)
+    return zs_config_from_dict(apply_overrides((base or load_zs_config(args.config)).to_dict(), args.set or [], flags))
 
 
 def _train(args: argparse.Namespace) -> int:
-    from iiae.runner import default_run_dir
+    from iiae.run_files import CONFIG
+    from iiae.runs.run_folder import (
+        check_resume_config,
+        default_run_dir,
+        find_run_to_resume,
+    )
+    from iiae.zsbir.config import RESUMABLE_CHANGES, load_zs_config
     from iiae.zsbir.report import results_table
     from iiae.zsbir.train import run_zs_sbir
 
-    config = build_zs_config(args)
-    out = Path(args.out) if args.out else default_run_dir(config)
-    metrics = run_zs_sbir(config, out, progress=not args.no_progress)
+    if args.resume is None:
+        config = build_zs_config(args)
+        out = Path(args.out) if args.out else default_run_dir(config)
+    else:  # the run's own config; flags may change only what zsbir.config.RESUMABLE_CHANGES lists
+        if args.out is not None:
+            raise ConfigError("--resume continues a run in its own folder: give --resume RUN_DIR or --out, not both")
+        if args.resume == "auto":
+            raise ConfigError("iiae zs-sbir train --resume needs the run folder (auto is for iiae train)")
+        out = find_run_to_resume(args.resume, "")
+        saved = load_zs_config(out / CONFIG)
+        config = build_zs_config(args, base=saved if args.config is None else None)
+        check_resume_config(saved, config, out, RESUMABLE_CHANGES)
+    metrics = run_zs_sbir(config, out, progress=not args.no_progress, resume=args.resume is not None)
     print(results_table(metrics))
     print(f"run folder: {metrics['run_dir']}  (report.md, metrics.json, model/)")
     return 0
@@ -103,6 +114,8 @@ def add_zs_sbir_parser(commands) -> None:
     _flags(train)
     train.add_argument("--out", help="run folder to create [runs/<config>-<time>]")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an IIAE run from its newest checkpoint "
+                       "(--steps N trains it further)")
     train.set_defaults(handler=_train)
     evaluate = verbs.add_parser("evaluate", help="mAP@all, P@K, mAP@K of a run on its unseen classes")
     evaluate.add_argument("run", help="run folder of zs-sbir train")

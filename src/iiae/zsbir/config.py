@@ -2,7 +2,7 @@
 
 Bundled configs live in ``iiae/zsbir/configs`` (``zs_sketchy``: the paper's Sketchy Extended recipe, 25 unseen
 classes of SEM-PCYC; ``zs_sketchy_yelamarthi``: the 21-class split). The loss section is
-:class:`iiae.config.LossConfig` with the paper's zero-shot values: mean squared error times 10, beta 0.5,
+:class:`iiae.core.config.LossConfig` with the paper's zero-shot values: mean squared error times 10, beta 0.5,
 lambda 1, annealing T = 2,000 steps.
 """
 
@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from iiae.config import LossConfig, _build, bundled_names, read_config_file, resolve_named_config
+from iiae.core.config import (
+    LossConfig,
+    ModelConfig,
+    _build,
+    bundled_names,
+    read_config_file,
+    resolve_named_config,
+)
 from iiae.errors import ConfigError
+
+#: Keys that may differ between a zero-shot run and its resumption (``iiae zs-sbir train --resume``): how long to
+#: train, where it runs and where the data and the feature cache are.
+RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.accelerator", "train.threads", "data.root",
+                     "feature_net.cache_dir", "feature_net.workers"}  # fmt: skip
 
 
 @dataclass
@@ -72,7 +82,8 @@ class FeatureNetConfig:
 
 @dataclass
 class MLPModelConfig:
-    """Sizes of the MLP IIAE (the paper: 512 -> 512 -> 256 -> 128 encoders, 64-d codes)."""
+    """Sizes of the IIAE on feature vectors (the paper: 512 -> 512 -> 256 -> 128 encoders, 64-d codes), in the keys
+    of the zero-shot configs; :meth:`model_config` gives the ``mlp`` architecture's :class:`ModelConfig`."""
 
     input_dim: int = 512  # feature size; replaced by the data's when they differ
     hidden_dims: list[int] = field(default_factory=lambda: [512, 256])  # encoder hidden layers
@@ -86,6 +97,14 @@ class MLPModelConfig:
     # std for both domains; none: features as they come (the paper's recipe)
     standardise: Literal["per_domain", "shared", "none"] = "per_domain"
 
+    def model_config(self, input_dim: int | None = None) -> ModelConfig:
+        """The :class:`iiae.IIAE` config of these sizes (architecture ``mlp``; ``input_dim``: the data's, if given)."""
+        return ModelConfig(architecture="mlp", input_dim=self.input_dim if input_dim is None else input_dim,
+                           hidden_dims=list(self.hidden_dims), exclusive_dim=self.code_dim,
+                           shared_channels=self.code_dim, joint_hidden_dim=self.joint_hidden_dim,
+                           decoder_hidden_dim=self.decoder_hidden_dim, negative_slope=self.negative_slope,
+                           logvar_max=self.logvar_max, standardise=self.standardise)  # fmt: skip
+
 
 @dataclass
 class ZSTrainConfig:
@@ -98,6 +117,8 @@ class ZSTrainConfig:
     accelerator: str = "cpu"
     log_every: int = 50
     threads: int = 0  # torch CPU threads; 0 keeps torch's default (1 is much faster on a busy shared CPU)
+    checkpoint_every: int = 250  # steps between two checkpoints (also at the last step): `--resume` continues
+    keep_checkpoints: int = 2  # newest step=N.ckpt files kept besides checkpoints/last.ckpt
 
 
 @dataclass
@@ -147,6 +168,8 @@ class ZSConfig:
             ("model.joint_hidden_dim", self.model.joint_hidden_dim),
             ("model.decoder_hidden_dim", self.model.decoder_hidden_dim), ("model.logvar_max", self.model.logvar_max),
             ("train.learning_rate", self.train.learning_rate), ("train.log_every", self.train.log_every),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("train.keep_checkpoints", self.train.keep_checkpoints),
             ("baseline.hidden_dim", self.baseline.hidden_dim), ("baseline.embedding_dim", self.baseline.embedding_dim),
             ("baseline.steps", self.baseline.steps), ("baseline.batch_size", self.baseline.batch_size),
             ("baseline.learning_rate", self.baseline.learning_rate),
@@ -198,7 +221,3 @@ def load_zs_config(name_or_path: str | Path | None = None) -> ZSConfig:
             raise ConfigError(f"{path}: {error}") from None
 
     return resolve_named_config("zs_sketchy" if name_or_path is None else name_or_path, "iiae.zsbir", load)
-
-
-def save_zs_config(config: ZSConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -20,9 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from iiae.errors import CheckpointError
+from iiae.zsbir import pretrained_features
 from iiae.zsbir.backbones import SmallCNN, TorchvisionFeatures
 from iiae.zsbir.config import FeatureNetConfig
+from iiae.zsbir.efficientnet import fold_batch_norm
 from iiae.zsbir.image_pipeline import Domain, Preprocessing, image_batches
+from iiae.zsbir.pretrained_features import tuned_state
 
 CONFIG_FILE, WEIGHTS_FILE = "feature_extractor.json", "feature_extractor.safetensors"
 FORMAT = "iiae-zsbir-feature-extractor/1"
@@ -57,8 +60,6 @@ class FeatureExtractor:
         if self._inference is None:
             network = self.network.eval()
             if self.backbone == "efficientnet_lite0":
-                from iiae.zsbir.efficientnet import fold_batch_norm
-
                 network = fold_batch_norm(network)
             self._inference = network.to(self.device, memory_format=torch.channels_last).eval()
         return self._inference
@@ -112,8 +113,6 @@ class FeatureExtractor:
         if self.backbone == "small_cnn":
             state = self.network.state_dict()
         elif self.tuned_blocks > 0:
-            from iiae.zsbir.pretrained_features import tuned_state
-
             state = tuned_state(self.network, self.tuned_blocks)
         else:
             return {}
@@ -175,8 +174,6 @@ def _build_network(backbone: str, meta: dict, folder: Path) -> nn.Module:
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{folder / CONFIG_FILE}: invalid small CNN architecture ({error})") from None
     if backbone == "efficientnet_lite0":
-        from iiae.zsbir import pretrained_features
-
         if not meta.get("weights_sha256"):
             raise CheckpointError(f"{folder / CONFIG_FILE} records no sha256 of the EfficientNet-Lite0 weights")
         return pretrained_features.load_pretrained_backbone(meta["weights_sha256"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,14 +31,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from iiae.atomic import atomic_folder, atomic_write
 from iiae.cache import cache_root
 from iiae.errors import ConfigError
-from iiae.zsbir import pretrained_features
+from iiae.zsbir import efficientnet, pretrained_features
 from iiae.zsbir.backbones import SmallCNN, TorchvisionFeatures
 from iiae.zsbir.config import FeatureNetConfig
 from iiae.zsbir.feature_extractor import CONFIG_FILE, FeatureExtractor
 from iiae.zsbir.features import FeatureSet, ImageList
-from iiae.zsbir.image_pipeline import Preprocessing, load_images, normalise_minus_one_to_one
+from iiae.zsbir.image_pipeline import (
+    Preprocessing,
+    load_images,
+    normalise_minus_one_to_one,
+)
 
 SMALL_CNN_IMAGE_SIZE = 64
 PRETRAINED_BACKBONES = ("efficientnet_lite0", "vgg16", "resnet50")
@@ -98,8 +102,6 @@ class BackboneChoice:
 
 def choose_backbone(config: FeatureNetConfig) -> BackboneChoice:
     """Resolve ``auto`` backbone, image size and photo input; ConfigError when the choice cannot run here."""
-    from iiae.zsbir import efficientnet
-
     name = config.backbone
     if name == "auto":
         name = "efficientnet_lite0" if efficientnet.weights_available() else "small_cnn"
@@ -183,17 +185,12 @@ def cache_key(root: Path, photos: ImageList, sketches: ImageList, unseen: list[s
 
 def _write_cache(path: Path, extractor_dir: Path, sketch: np.ndarray, photo: np.ndarray, info: dict,
                  extractor: FeatureExtractor) -> None:
-    """The trained extractor (if any) and then the features, each written to a temporary name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The trained extractor (if any) and then the features, each appearing whole (:mod:`iiae.atomic`)."""
     if extractor.trained:
-        temporary_dir = extractor_dir.with_name(f"{extractor_dir.name}.{os.getpid()}.tmp")
-        shutil.rmtree(temporary_dir, ignore_errors=True)
-        extractor.save(temporary_dir)
-        shutil.rmtree(extractor_dir, ignore_errors=True)
-        os.replace(temporary_dir, extractor_dir)
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(temporary, sketch=sketch, photo=photo, info=np.asarray(json.dumps(info)))
-    temporary.replace(path)
+        shutil.rmtree(extractor_dir, ignore_errors=True)  # an older entry of the same key: replaced
+        with atomic_folder(extractor_dir) as staging:
+            extractor.save(staging)
+    atomic_write(path, lambda file: np.savez(file, sketch=sketch, photo=photo, info=np.asarray(json.dumps(info))))
 
 
 # ------------------------------------------------------------------------------------------ feature stage

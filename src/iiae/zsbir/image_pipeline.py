@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from iiae.errors import ConfigError, DataError
+from iiae.zsbir.efficientnet import normalise_pixels
 
 RESAMPLING = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -31,8 +32,6 @@ def normalise_minus_one_to_one(pixels: torch.Tensor) -> torch.Tensor:
 
 def normalise_lite0(pixels: torch.Tensor) -> torch.Tensor:
     """(pixel - 127) / 128: EfficientNet-Lite0's input scale (:func:`iiae.zsbir.efficientnet.normalise_pixels`)."""
-    from iiae.zsbir.efficientnet import normalise_pixels
-
     return normalise_pixels(pixels)
 
 

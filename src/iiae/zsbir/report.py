@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from iiae.report import config_section
+from iiae.atomic import atomic_write_text
+from iiae.run_files import REPORT
+from iiae.runs.report import config_section
 from iiae.zsbir.config import ZSConfig
 from iiae.zsbir.metrics import top_k_indices
 
@@ -118,6 +120,4 @@ Extended with 512-d ImageNet VGG-16 features; numbers on other data are not comp
 
 {figure}
 {config_section(config.to_dict())}"""
-    path = out_dir / "report.md"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(out_dir / REPORT, text)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from iiae.atomic import atomic_write
 from iiae.errors import CheckpointError, ConfigError, DataError, OutputError
-from iiae.zsbir.config import ZSConfig
+from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
+from iiae.zsbir.config import ZSConfig, load_zs_config
 from iiae.zsbir.feature_extractor import CONFIG_FILE, WEIGHTS_FILE, FeatureExtractor
+from iiae.zsbir.feature_net import default_cache_dir, torch_device
 from iiae.zsbir.image_pipeline import Domain
+from iiae.zsbir.metrics import top_k_indices
+from iiae.zsbir.report import retrieval_row
+from iiae.zsbir.train import load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OTHER_DOMAIN: dict[str, Domain] = {"sketch": "photo", "photo": "sketch"}
@@ -92,26 +97,23 @@ def check_arguments(top: int, domain: str, out: str | Path | None) -> None:
 def load_run(folder: str | Path, device: str | torch.device | None = None) -> TrainedRun:
     """The config, model and feature extractor (on ``device``, default :func:`retrieval_device`) of a zs-sbir run
     folder; CheckpointError when ``folder`` is not one, or has no feature extractor (precomputed features)."""
-    from iiae.zsbir.config import load_zs_config
-    from iiae.zsbir.train import EXTRACTOR_DIR, load_model
-
     folder = Path(folder)
-    if not (folder / "config.yaml").is_file() or not (folder / "model").is_dir():
+    if not (folder / CONFIG).is_file() or not (folder / MODEL_DIR).is_dir():
         raise CheckpointError(f"{folder} is not a zs-sbir run folder (expected config.yaml and model/ of "
                               "iiae zs-sbir train)")
     try:
-        config = load_zs_config(folder / "config.yaml")
+        config = load_zs_config(folder / CONFIG)
     except ConfigError as error:
         raise CheckpointError(f"{folder} is not a zs-sbir run folder: {error}") from None
-    extractor_dir = folder / EXTRACTOR_DIR
+    extractor_dir = folder / FEATURE_EXTRACTOR_DIR
     if not (extractor_dir / CONFIG_FILE).is_file():
         if config.data.source != "images":
             raise CheckpointError(f"{folder} was trained on precomputed features (data.source = "
-                                  f"{config.data.source}) and has no {EXTRACTOR_DIR}/: retrieval of image files "
+                                  f"{config.data.source}) and has no {FEATURE_EXTRACTOR_DIR}/: retrieval of image files "
                                   "needs a run trained from images")
-        raise CheckpointError(f"{folder} has no {EXTRACTOR_DIR}/ (made before runs kept their feature extractor): "
+        raise CheckpointError(f"{folder} has no {FEATURE_EXTRACTOR_DIR}/ (made before runs kept their feature extractor): "
                               "retrieval of image files needs a run trained from images by this version")
-    model = load_model(folder / "model").eval()
+    model = load_model(folder / MODEL_DIR).eval()
     extractor = FeatureExtractor.load(extractor_dir, device=device or retrieval_device(config),
                                       workers=config.feature_net.workers)
     return TrainedRun(folder, config, model, extractor, extractor_dir)
@@ -119,8 +121,6 @@ def load_run(folder: str | Path, device: str | torch.device | None = None) -> Tr
 
 def retrieval_device(config: ZSConfig) -> str:
     """The run's accelerator when it is a GPU present here, else the CPU."""
-    from iiae.zsbir.feature_net import torch_device
-
     return "cuda" if torch_device(config.train.accelerator) == "cuda" and torch.cuda.is_available() else "cpu"
 
 
@@ -194,17 +194,10 @@ def _read_cached(path: Path, key: str, count: int) -> np.ndarray | None:
 
 
 def _write_cached(path: Path, key: str, features: np.ndarray, log: Log) -> bool:
-    """Write the features to a temporary file and rename it onto ``path``; an unwritable cache is only logged."""
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    """Write the features atomically to ``path``; an unwritable cache is only logged."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(temporary, features=features, key=np.asarray(key))
-        os.replace(temporary, path)
+        atomic_write(path, lambda file: np.savez(file, features=features, key=np.asarray(key)))
     except OSError as error:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
         log(f"gallery features: not cached ({path}: {error.strerror or error})")
         return False
     return True
@@ -216,8 +209,6 @@ def gallery_features(extractor: FeatureExtractor, extractor_dir: Path, root: Pat
     """(features [N, D] of ``files`` as ``domain``, the cache file, whether it was read from the cache).
 
     The gallery is embedded only when no cache file matches (see :func:`gallery_cache_key`)."""
-    from iiae.zsbir.feature_net import default_cache_dir
-
     key = gallery_cache_key(extractor_fingerprint(extractor_dir), gallery_listing(root, files), domain)
     path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"gallery-{key}.npz"
     features = _read_cached(path, key, len(files))
@@ -245,8 +236,6 @@ def encode(model: nn.Module, features: np.ndarray, domain: Domain) -> np.ndarray
 def rank_gallery(query_code: np.ndarray, gallery_codes: np.ndarray, top: int) -> list[tuple[int, float]]:
     """(gallery index, cosine similarity) of the ``top`` most similar gallery codes (all when fewer), best first,
     ranked as the run's evaluation ranks (:func:`iiae.zsbir.metrics.top_k_indices`)."""
-    from iiae.zsbir.metrics import top_k_indices
-
     order = top_k_indices(query_code[None], gallery_codes, k=min(top, len(gallery_codes)))[0]
     query = torch.nn.functional.normalize(torch.as_tensor(query_code).double()[None], dim=1)
     gallery = torch.nn.functional.normalize(torch.as_tensor(gallery_codes).double(), dim=1)
@@ -256,21 +245,12 @@ def rank_gallery(query_code: np.ndarray, gallery_codes: np.ndarray, top: int) ->
 
 def save_panel(query: Path, results: Sequence[Path], out: str | Path) -> Path:
     """The query's tile, a gap, then the results' tiles in rank order (:func:`iiae.zsbir.report.retrieval_row`),
-    written as PNG to a temporary file and renamed onto ``out``."""
-    from iiae.zsbir.report import retrieval_row
-
+    written atomically as PNG to ``out``."""
     out = Path(out)
     row = retrieval_row(query, [(path, None) for path in results])
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        row.save(temporary, format="PNG")
-        os.replace(temporary, out)
+        atomic_write(out, lambda file: row.save(file, format="PNG"))
     except OSError as error:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise OutputError(f"cannot write the panel {out}: {error.strerror or error}") from None
     return out
 

@@ -1,9 +1,10 @@
-"""Zero-shot SBIR runs: data -> (feature stage) -> MLP IIAE or supervised baseline -> retrieval on unseen classes.
+"""Zero-shot SBIR runs: data -> (feature stage) -> IIAE (``mlp`` architecture) or the supervised baseline ->
+retrieval on unseen classes. The IIAE trains through the engine's LightningModule (:mod:`iiae.engine.training`).
 
 Run folder::
 
     config.yaml      the exact config
-    model/           model.safetensors + config.json (MLP IIAE or supervised embedding)
+    model/           model.safetensors + config.json (iiae.IIAE, or the supervised embedding)
     feature_extractor/  the image -> feature network (raw-image data; ``iiae zs-sbir retrieve`` embeds new files)
     logs/metrics.csv loss terms (IIAE)
     metrics.json     mAP@all, P@K, mAP@K on the unseen classes, the split, the feature stage used
@@ -12,26 +13,37 @@ Run folder::
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import warnings
-from dataclasses import replace
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader
 
-from iiae.config import LossConfig
-from iiae.objective import iiae_loss
-from iiae.runner import check_output_dir
-from iiae.distributed import check_accelerator, lightning_accelerator
-from iiae.zsbir.config import ZSConfig, save_zs_config
+from iiae.atomic import atomic_write_json
+from iiae.core.config import ExperimentConfig, TrainConfig, save_config
+from iiae.core.model import IIAE
+from iiae.engine.distributed import check_accelerator
+from iiae.errors import ConfigError, DataError
+from iiae.run_files import (
+    CONFIG,
+    FEATURE_EXTRACTOR_DIR,
+    METRICS,
+    MODEL_DIR,
+    RETRIEVALS_FIGURE,
+)
+from iiae.runs.run_folder import RunLock, check_output_dir, resumable_checkpoint
+from iiae.runs.runner import Job, execute
+from iiae.zsbir.baseline import (
+    is_supervised_model,
+    load_supervised,
+    save_supervised,
+    train_supervised,
+)
+from iiae.zsbir.config import ZSConfig
 from iiae.zsbir.feature_extractor import FeatureExtractor
+from iiae.zsbir.feature_net import image_features, torch_device
 from iiae.zsbir.features import (
     ZeroShotSplit,
     load_official_features,
@@ -42,22 +54,15 @@ from iiae.zsbir.features import (
     split_zero_shot,
 )
 from iiae.zsbir.metrics import retrieval_metrics
-from iiae.zsbir.mlp_model import MLPIIAE, load_module_weights, read_module_config, save_module
 from iiae.zsbir.report import save_retrieval_figure, write_zs_report
-from iiae.zsbir.sampler import ClassPairBatches
-
-BASELINE_KIND = "zs_sbir_supervised_embedding"
-
+from iiae.zsbir.sampler import ClassPairBatches, ClassPairDataModule
 
 # ------------------------------------------------------------------------------------------------- data
-EXTRACTOR_DIR = "feature_extractor"  # the run's image -> feature network (raw-image data only)
 
 
 def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict, FeatureExtractor | None]:
     """The seen/unseen split of the configured data, a description of the features used, and the feature
     extractor that embedded the images (None for precomputed features: data.source official or plain)."""
-    from iiae.errors import DataError
-
     data = config.data
     if data.root is None:
         raise DataError("data.root is not set; pass --data-root (a Sketchy folder or a feature folder)")
@@ -75,8 +80,6 @@ def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict, Featu
         unseen = resolve_unseen(data.unseen, classes, data.unseen_count, data.split_seed)
         split = split_zero_shot(sets["sketch"], sets["image"], unseen, f"plain features {root}")
         return split, {"features": f"precomputed ({root})"}, None
-    from iiae.zsbir.feature_net import image_features, torch_device
-
     photos, sketches = scan_sketchy_folder(root)
     classes = sorted(set(photos.classes.tolist()) | set(sketches.classes.tolist()))
     unseen = resolve_unseen(data.unseen, classes, data.unseen_count, data.split_seed)
@@ -87,28 +90,6 @@ def build_split(config: ZSConfig, log=print) -> tuple[ZeroShotSplit, dict, Featu
 
 
 # ------------------------------------------------------------------------------------------------- IIAE
-class MLPIIAELightning(L.LightningModule):
-    """Optimises :func:`iiae.objective.iiae_loss` for the MLP IIAE on class-level (sketch, photo) batches."""
-
-    def __init__(self, model: MLPIIAE, loss: LossConfig, config: ZSConfig) -> None:
-        super().__init__()
-        self.model, self.loss_config, self.train_config = model, loss, config.train
-
-    def training_step(self, batch, batch_index: int) -> torch.Tensor:
-        x, y = batch  # x: sketch features, y: photo features
-        output = self.model(x, y, sample=True)
-        target_x, target_y = self.model.standardise(x, y)  # reconstructions live in the standardised space
-        terms = iiae_loss(target_x, target_y, output.reconstruction_x, output.reconstruction_y, output.posteriors,
-                          self.loss_config, step=self.global_step)
-        self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()})
-        return terms["loss"]
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        train = self.train_config
-        return torch.optim.Adam(self.model.parameters(), lr=train.learning_rate,
-                                betas=(train.adam_beta1, train.adam_beta2))
-
-
 def training_steps(config: ZSConfig, split: ZeroShotSplit) -> int:
     """train.steps, or train.epochs x ceil(training sketches / seen classes)."""
     if config.train.steps > 0:
@@ -116,63 +97,46 @@ def training_steps(config: ZSConfig, split: ZeroShotSplit) -> int:
     return config.train.epochs * math.ceil(len(split.train_sketch) / len(split.seen))
 
 
-def train_iiae(config: ZSConfig, split: ZeroShotSplit, out_dir: Path, progress: bool = False) -> MLPIIAE:
-    L.seed_everything(config.train.seed, verbose=False)
-    model = MLPIIAE(replace(config.model, input_dim=split.feature_dim))
-    model.fit_standardisation(split.train_sketch.features, split.train_image.features)  # seen classes only
+def experiment_config(config: ZSConfig, split: ZeroShotSplit) -> ExperimentConfig:
+    """The run's IIAE as the engine trains it: the ``mlp`` architecture at the data's feature size, the loss, and
+    one optimiser step per class-level batch (one (sketch, photo) pair per seen class)."""
     steps = training_steps(config, split)
+    train = TrainConfig(steps=steps, batch_size=len(split.seen), learning_rate=config.train.learning_rate,
+                        adam_beta1=config.train.adam_beta1, adam_beta2=config.train.adam_beta2,
+                        seed=config.train.seed, accelerator=config.train.accelerator,
+                        log_every=min(config.train.log_every, steps), checkpoint_every=config.train.checkpoint_every,
+                        keep_checkpoints=config.train.keep_checkpoints, select_every=0, channels_last=False)
+    return ExperimentConfig(name=config.name, model=config.model.model_config(split.feature_dim), loss=config.loss,
+                            train=train, paper={})  # fmt: skip
+
+
+def zs_job(config: ZSConfig, split: ZeroShotSplit, info: dict, extractor: FeatureExtractor | None) -> Job:
+    """The run pipeline's :class:`iiae.runs.runner.Job` of a zero-shot IIAE run: class-level batches of the seen
+    classes, the input standardisation fitted on them, mAP / P@K on the unseen classes."""
     batches = ClassPairBatches(split.train_sketch.features, split.train_sketch.classes, split.train_image.features,
-                               split.train_image.classes, batches_per_epoch=steps, seed=config.train.seed)
-    trainer = L.Trainer(
-        max_steps=steps, max_epochs=-1, accelerator=lightning_accelerator(config.train.accelerator), devices=1,
-        logger=CSVLogger(out_dir, name="", version="logs"), log_every_n_steps=min(config.train.log_every, steps),
-        enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=out_dir,
+                               split.train_image.classes, batches_per_epoch=math.ceil(len(split.train_sketch)
+                                                                                       / len(split.seen)),
+                               seed=config.train.seed)  # fmt: skip
+
+    def prepare(model: IIAE) -> None:
+        model.fit_standardisation(split.train_sketch.features, split.train_image.features)  # seen classes only
+
+    return Job(
+        experiment=experiment_config(config, split), config=config,
+        data_module=ClassPairDataModule(batches, config.train.seed), prepare=prepare,
+        finish=lambda model, out_dir, facts: finish_run(model, config, split, info, extractor, out_dir, facts),
+        report=lambda metrics, out_dir: write_zs_report(config, metrics, out_dir),
+        resume_command="iiae zs-sbir train --resume",
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        warnings.filterwarnings("ignore", ".*IterableDataset.*has `__len__` defined.*")
-        trainer.fit(MLPIIAELightning(model, config.loss, config), DataLoader(batches, batch_size=None))
-    return model.cpu().eval()
 
 
-# ------------------------------------------------------------------------------------------- baseline
-class SupervisedEmbedding(nn.Module):
-    """One MLP for sketches and photos (input -> hidden -> embedding) and a linear classifier over seen classes."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, embedding_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
-                                   nn.Linear(hidden_dim, embedding_dim))
-        self.classify = nn.Linear(embedding_dim, num_classes)
-
-    @torch.no_grad()
-    def encode_shared_x(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x)
-
-    encode_shared_y = encode_shared_x
-
-
-def train_supervised(config: ZSConfig, split: ZeroShotSplit) -> SupervisedEmbedding:
-    """Cross-entropy over seen classes on sketch and photo features together, Adam, ``baseline.steps`` batches."""
-    torch.manual_seed(config.train.seed)
-    b = config.baseline
-    model = SupervisedEmbedding(split.feature_dim, b.hidden_dim, b.embedding_dim, len(split.seen))
-    features = torch.cat([torch.as_tensor(split.train_sketch.features), torch.as_tensor(split.train_image.features)])
-    index = {name: i for i, name in enumerate(split.seen)}
-    labels = torch.as_tensor([index[c] for c in np.concatenate([split.train_sketch.classes,
-                                                                split.train_image.classes]).tolist()])
-    generator = torch.Generator().manual_seed(config.train.seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=b.learning_rate)
-    model.train()
-    for _ in range(b.steps):
-        rows = torch.randint(len(labels), (min(b.batch_size, len(labels)),), generator=generator)
-        loss = nn.functional.cross_entropy(model.classify(model.embed(features[rows])), labels[rows])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model.eval()
+def train_iiae(config: ZSConfig, split: ZeroShotSplit, out_dir: Path, progress: bool = False) -> IIAE:
+    """Train (and evaluate) an IIAE on ``split`` through the run pipeline in the new folder ``out_dir``; returns
+    the trained model (for benchmarks that compare many settings on one split)."""
+    check_output_dir(Path(out_dir))
+    with RunLock(Path(out_dir), new_run=True):
+        execute(zs_job(config, split, {}, None), Path(out_dir), progress, None)
+    return IIAE.from_pretrained(Path(out_dir) / MODEL_DIR)
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -180,7 +144,8 @@ def embed_test(model: nn.Module, split: ZeroShotSplit, batch_size: int = 4096) -
     """Sketch codes (r^x means) and photo codes (r^y means) of the unseen-class test sets."""
     model.eval()
 
-    def run(encode, features: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def run(encode, features: np.ndarray) -> np.ndarray:  # noqa: ANN001
         parts = [encode(torch.as_tensor(features[i : i + batch_size])) for i in range(0, len(features), batch_size)]
         return torch.cat(parts).numpy()
 
@@ -198,57 +163,67 @@ def evaluate_codes(sketch_codes: np.ndarray, photo_codes: np.ndarray, split: Zer
                              ks=config.evaluation.ks)
 
 
-def save_model(model: nn.Module, config: ZSConfig, split: ZeroShotSplit, folder: Path) -> None:
-    if isinstance(model, MLPIIAE):
-        model.save_pretrained(folder)
-    else:
-        sizes = {"input_dim": split.feature_dim, "hidden_dim": config.baseline.hidden_dim,
-                 "embedding_dim": config.baseline.embedding_dim, "num_classes": len(split.seen)}
-        save_module(model, sizes, folder, kind=BASELINE_KIND)
-
-
 def load_model(folder: Path) -> nn.Module:
-    path = folder / "config.json"
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if isinstance(meta, dict) and meta.get("kind") == BASELINE_KIND:
-        return load_module_weights(SupervisedEmbedding(**read_module_config(folder, BASELINE_KIND)), folder)
-    return MLPIIAE.from_pretrained(folder)
+    """An IIAE (also one saved before it was the ``mlp`` architecture of :class:`iiae.IIAE`) or the supervised
+    embedding, from a run's model folder."""
+    return load_supervised(folder) if is_supervised_model(folder) else IIAE.from_pretrained(folder)
 
 
-def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, log=print) -> dict:
-    """Train (IIAE or the supervised baseline), evaluate on the unseen classes, write the run folder."""
+def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, log=print,  # noqa: ANN001
+                resume: bool = False) -> dict:
+    """Train (IIAE or the supervised baseline), evaluate on the unseen classes, write the run folder.
+
+    The IIAE trains through the run pipeline (:func:`iiae.runs.runner.execute`: atomic checkpoints, exact resume,
+    SIGTERM, NaN guard, run lock); ``resume``: ``out_dir`` is such a run to continue from its newest checkpoint.
+    """
     config.validate()
     check_accelerator(config.train.accelerator)
     out_dir = Path(out_dir)
-    check_output_dir(out_dir)
+    if resume and config.method != "iiae":
+        raise ConfigError("--resume continues IIAE runs; the supervised baseline trains in seconds: start it again")
+    if not resume:
+        check_output_dir(out_dir)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     split, info, extractor = build_split(config, log=log)  # every data error before the folder exists
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_zs_config(config, out_dir / "config.yaml")
     log(f"training {config.method} on {len(split.seen)} seen classes ({len(split.train_sketch)} sketches, "
         f"{len(split.train_image)} photos); testing on {len(split.unseen)} unseen classes")
-    started = time.perf_counter()
-    model = train_iiae(config, split, out_dir, progress) if config.method == "iiae" else train_supervised(config, split)
-    seconds = time.perf_counter() - started
-    save_model(model, config, split, out_dir / "model")
+    if config.method == "supervised":
+        with RunLock(out_dir, new_run=True):
+            save_config(config, out_dir / CONFIG)
+            started = time.perf_counter()
+            model = train_supervised(config, split)
+            facts = {"training_seconds": round(time.perf_counter() - started, 1), "steps": config.baseline.steps}
+            save_supervised(model, config, split, out_dir / MODEL_DIR)
+            metrics = finish_run(model, config, split, info, extractor, out_dir, facts)
+            atomic_write_json(out_dir / METRICS, metrics)
+            write_zs_report(config, metrics, out_dir)
+            return metrics
+    job = zs_job(config, split, info, extractor)
+    checkpoint_path = resumable_checkpoint(out_dir, job.experiment) if resume else None
+    with RunLock(out_dir, new_run=not resume):  # a second run on this folder refuses, even one started meanwhile
+        metrics = execute(job, out_dir, progress, checkpoint_path)
+    assert metrics is not None  # one process: it evaluates
+    return metrics
+
+
+def finish_run(model: nn.Module, config: ZSConfig, split: ZeroShotSplit, info: dict,
+               extractor: FeatureExtractor | None, out_dir: Path, facts: dict) -> dict:  # fmt: skip
+    """Evaluate the trained model on the unseen classes, save the feature extractor and the figure; returns the
+    run's metrics.json contents (``facts``: what training reported)."""
     if extractor is not None:  # before metrics.json, which marks a complete run folder
-        extractor.save(out_dir / EXTRACTOR_DIR)
+        extractor.save(out_dir / FEATURE_EXTRACTOR_DIR)
     sketch_codes, photo_codes = embed_test(model, split)
-    retrieval = evaluate_codes(sketch_codes, photo_codes, split, config)
     metrics = {
         "experiment": config.name, "method": config.method, "lambda": config.loss.lambda_, "seed": config.train.seed,
-        "retrieval": retrieval, "paper": config.paper, "training_seconds": round(seconds, 1),
-        "steps": training_steps(config, split) if config.method == "iiae" else config.baseline.steps,
+        "retrieval": evaluate_codes(sketch_codes, photo_codes, split, config), "paper": config.paper, **facts,
         "seen_classes": len(split.seen), "unseen_classes": split.unseen, "source": split.source,
         "train_sketches": len(split.train_sketch), "train_photos": len(split.train_image),
         "test_sketches": len(split.test_sketch), "test_photos": len(split.test_image),
         "feature_dim": split.feature_dim, "feature_stage": {k: v for k, v in info.items() if k != "trained_on_classes"},
-        "feature_extractor": None if extractor is None else f"{EXTRACTOR_DIR}/",
+        "feature_extractor": None if extractor is None else f"{FEATURE_EXTRACTOR_DIR}/",
         "run_dir": str(out_dir),
     }
-    figure = save_retrieval_figure(sketch_codes, photo_codes, split, config, out_dir / "retrievals.png")
+    figure = save_retrieval_figure(sketch_codes, photo_codes, split, config, out_dir / RETRIEVALS_FIGURE)
     metrics["figure"] = None if figure is None else figure.name
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    write_zs_report(config, metrics, out_dir)
     return metrics

@@ -1,0 +1,92 @@
+"""Files and folders that appear whole or not at all: write beside the target, fsync, rename over it.
+
+A kill, a full disk or an exception during the write leaves the previous file (or none) and no temporary file.
+Every writer of the package that replaces a file a reader may be holding (checkpoints, metrics, logs, caches,
+model folders) goes through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path``, unique to this process and call (``.<name>.<pid>-<random>.tmp``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(file)`` on a new binary file beside ``path``, fsync it, rename it over ``path``.
+
+    The parent folder is created if needed; the temporary file gets the usual permissions (not mkstemp's 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_name(path)
+    try:
+        with open(temporary, "xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda file: file.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """``text`` as UTF-8, newlines as given (no translation)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, values: Any) -> Path:
+    """``values`` as indented JSON (UTF-8)."""
+    return atomic_write_text(path, json.dumps(values, indent=2))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``path`` to fill; on success it is renamed to ``path``, else removed.
+
+    ``path`` must be absent or an empty folder (which is replaced).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_name(path)
+    staging.mkdir()
+    try:
+        yield staging
+        if path.is_dir():
+            path.rmdir()  # empty: the rename needs the name free (a non-empty folder raises OSError here)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_folder(path.parent)

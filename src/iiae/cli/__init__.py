@@ -1,0 +1,1 @@
+"""The ``iiae`` command line (:func:`iiae.cli.main.main`)."""

@@ -1,0 +1,243 @@
+"""The ``iiae`` command line.
+
+    iiae train                              # the main job: MNIST-CDCB from the bundled digits, ~3 min on 2 CPUs
+    iiae train --config mnist_cdcb_full --data-root ../shared/data/mnist --out runs/full
+    iiae evaluate runs/<run>                # retrieval (+ MNIST-CDCB measures) of a trained model -> metrics.json
+    iiae evaluate runs/<run>/checkpoints/best.ckpt --json best.json
+    iiae translate runs/<run> --out figures/  # translation.png, analogy.png, traversal.png
+
+User mistakes print one line ``iiae: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from iiae.cli.options import build_config
+from iiae.errors import ConfigError, IIAEError, RunInterrupted
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from iiae.runs.runner import summary, train_and_evaluate
+
+    if args.resume is not None and (args.seeds is not None or args.sweep is not None):
+        raise ConfigError("--resume continues one run: it cannot be combined with --seeds or --sweep")
+    if (args.seeds is not None or args.sweep is not None) and (args.devices or 1) * (args.num_nodes or 1) > 1:
+        raise ConfigError("--seeds and --sweep run in one process: they cannot be combined with --devices > 1")
+    if args.seeds is not None or args.sweep is not None:  # several runs and a summary: iiae.runs.sweeps
+        return _train_many(args)
+    if args.resume is None:
+        config, out = build_config(args), args.out
+    else:
+        config, out = _resume_config(args)
+    metrics = train_and_evaluate(config, out, progress=not args.no_progress, resume=args.resume is not None)
+    if metrics is not None:  # None: a DDP process other than 0 (process 0 prints)
+        print(summary(metrics))
+    return 0
+
+
+def _train_many(args: argparse.Namespace) -> int:
+    """``iiae train`` with ``--seeds`` and/or ``--sweep``: check the flags, run every run, print the summary."""
+    from iiae.runs.sweeps import parse_seeds, parse_sweep, run_sweep, summary_markdown
+
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    sweep = parse_sweep(args.sweep) if args.sweep is not None else None
+    if seeds is not None and args.seed is not None:
+        raise ConfigError("--seed and --seeds exclude each other: give the seeds of every run with --seeds")
+    if getattr(args, "resume", None) is not None:
+        raise ConfigError("--resume continues one run; it cannot be combined with --seeds or --sweep")
+    base = build_config(args)
+    summary = run_sweep(base, args.out, seeds, sweep, progress=not args.no_progress)
+    table = summary_markdown(summary).split("\n## Every number")[0]
+    print(table.rstrip())
+    print(f"summary: {Path(summary['run_dir']) / 'summary.md'} and summary.json; one run folder per row and seed")
+    return 0
+
+
+def _resume_config(args: argparse.Namespace):
+    """--resume RUN_DIR|auto: the run folder and its config (flags may change only iiae.runs.run_folder.RESUMABLE_CHANGES)."""
+    from iiae.core.config import load_config, resolve_config
+    from iiae.runs.run_folder import check_resume_config, find_run_to_resume
+
+    if args.out is not None:
+        raise ConfigError("--resume continues a run in its own folder: give --resume RUN_DIR or --out, not both")
+    run_dir = find_run_to_resume(args.resume, resolve_config(args.config).name)
+    saved = load_config(run_dir / "config.yaml")
+    config = build_config(args, None if args.config else saved)
+    check_resume_config(saved, config, run_dir)
+    return config, run_dir
+
+
+def _command_export(args: argparse.Namespace) -> int:
+    from iiae.runs.export import export_model
+
+    checkpoint, step = export_model(Path(args.run), Path(args.out), last=args.last)
+    print(f"wrote {args.out} (model.safetensors + config.json) from {checkpoint}, step {step}")
+    return 0
+
+
+def _trained_and_test_pairs(args: argparse.Namespace):
+    """The trained model (run folder, model folder or .ckpt; see iiae.runs.trained), its run's config (unless --config
+    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs."""
+    from iiae.data.datasets import build_splits
+    from iiae.runs.trained import load_trained
+
+    trained = load_trained(args.model)
+    config = trained.experiment_config(build_config(args, None if args.config else trained.run_config))
+    splits = build_splits(config)
+    _check_channels(trained, splits.test)
+    return trained, splits, config
+
+
+def _check_channels(trained, test) -> None:  # noqa: ANN001
+    """DataError when the test images do not have the channels the model was built for."""
+    from iiae.errors import DataError
+
+    model = trained.model.config
+    for domain, images, channels in (("X", test.x, model.x_channels), ("Y", test.y, model.y_channels)):
+        if images.ndim != 4 or images.shape[1] != channels:
+            raise DataError(
+                f"the test images of domain {domain} have shape {tuple(images.shape[1:])}, but the model "
+                f"{trained.source} expects {channels} channels: evaluate it on the data it was trained on"
+            )
+
+
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from iiae.evaluation.measures import measures_summary, run_measures
+    from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
+    from iiae.run_files import METRICS
+    from iiae.runs.trained import write_metrics
+
+    if args.json and args.out:
+        raise ConfigError("give --json FILE or --out DIR, not both")
+    trained, splits, config = _trained_and_test_pairs(args)
+    table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
+    print(format_retrieval_table(table))
+    measures = None if args.no_measures else run_measures(trained.model, splits, config.train.eval_batch_size)
+    if measures:
+        print(measures_summary(measures))
+    target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
+    path = write_metrics(target or trained.default_metrics_path(), table, trained, len(splits.test), splits.source,
+                         measures)  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+def _command_translate(args: argparse.Namespace) -> int:
+    from iiae.errors import OutputError
+    from iiae.evaluation.figures import save_figures
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; expected a folder for translation.png, analogy.png, traversal.png")
+    if args.count < 1:
+        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    trained, splits, _ = _trained_and_test_pairs(args)
+    x, y = splits.test.x[: args.count], splits.test.y[: args.count]
+    try:
+        paths = save_figures(trained.model, x, y, out, seed=args.seed or 0)
+    except OSError as error:
+        raise OutputError(f"cannot write figures into {out}: {error.strerror or error}") from None
+    print("wrote " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="bundled config name (mnist_cdcb, ...) or YAML file [mnist_cdcb]")
+    parser.add_argument("--data-source", choices=["embedded", "idx", "download"], help="where the digits come from")
+    parser.add_argument("--data-root", help="folder of the data: IDX files, image split folders or Cars .mat files")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, repeatable")
+    parser.add_argument("--steps", type=int, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, help="pairs per batch")
+    parser.add_argument("--seed", type=int, help="random seed of the run")
+    parser.add_argument("--accelerator", "--device", help="cpu, gpu or auto")
+    parser.add_argument("--swap", action="store_true", help="image pairs: X is the right half (or the Y/ folder)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``iiae train: error: ...``), like every other iiae error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="iiae", description="Interaction Information Auto-Encoder")  # sub-commands inherit it
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train, evaluate and write a run folder (the main job)")
+    _add_config_flags(train)
+    train.add_argument("--out", help="run folder to create (must not hold files) [runs/<config>-<time>]")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint ('auto': newest run of --config)"
+    )
+    train.add_argument("--seeds", metavar="S1,S2,...", help="one run per seed (RUN/seed-S); summary.md: mean ± std")
+    train.add_argument(
+        "--sweep", metavar="KEY=V1,V2,...",
+        help="one run per value of a config key (RUN/KEY=V), e.g. loss.lambda_=0,0.5,1,2 (values without commas)",
+    )  # fmt: skip
+    train.add_argument("--devices", type=int, help="processes per node, one per GPU (DDP; README) [1]")
+    train.add_argument("--num-nodes", type=int, help="machines (DDP over nodes; README) [1]")
+    train.add_argument("--strategy", choices=["auto", "ddp"], help="Lightning strategy: auto (ddp when several "
+                       "processes) or ddp [auto]")  # fmt: skip
+    train.set_defaults(handler=_command_train)
+
+    evaluate = commands.add_parser("evaluate", help="cross-domain retrieval of a trained model (prints, writes JSON)")
+    evaluate.add_argument("model", help="run folder, model folder or checkpoint file (.ckpt)")
+    _add_config_flags(evaluate)
+    evaluate.add_argument("--out", help="folder for metrics.json [the run folder; beside a .ckpt: NAME.metrics.json]")
+    evaluate.add_argument("--json", help="JSON file to write instead (an existing one keeps its other keys)")
+    evaluate.add_argument("--no-measures", action="store_true",
+                          help="retrieval only: skip the translation-fidelity and leakage measures (MNIST-CDCB); "
+                          "a file's earlier measures are left as they are")  # fmt: skip
+    evaluate.set_defaults(handler=_command_evaluate)
+
+    translate = commands.add_parser("translate", help="translation, analogy and traversal PNGs of a trained model")
+    translate.add_argument("model", help="run folder, model folder or checkpoint file (.ckpt)")
+    _add_config_flags(translate)
+    translate.add_argument("--out", default=".", help="folder for translation.png, analogy.png, traversal.png [.]")
+    translate.add_argument("--count", type=int, default=8, help="test pairs in the translation grid")
+    translate.set_defaults(handler=_command_translate)
+
+    export = commands.add_parser("export", help="write a run's model as safetensors + JSON (loads without pickle)")
+    export.add_argument("run", help="run folder (its selected model, else its newest checkpoint) or .ckpt file")
+    export.add_argument("--last", action="store_true", help="export the run's newest checkpoint, not the selected one")
+    export.add_argument("--out", required=True, help="model folder to create (must not hold files)")
+    export.set_defaults(handler=_command_export)
+
+    from iiae.zsbir.cli import (
+        add_zs_sbir_parser,  # iiae zs-sbir train|evaluate (zero-shot sketch retrieval)
+    )
+
+    add_zs_sbir_parser(commands)
+
+    from iiae.cli.data import (
+        add_data_parser,  # iiae data download|export (image datasets)
+    )
+
+    add_data_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except RunInterrupted as stop:  # SIGTERM / Ctrl-C: a checkpoint was written
+        print(f"iiae: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except IIAEError as error:
+        print(f"iiae: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iiae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

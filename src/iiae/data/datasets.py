@@ -1,0 +1,99 @@
+"""Dataset registry: ``data.dataset`` of a config -> the function that builds its train / test pairs.
+
+Every builder takes the data and model sections of a config and returns :class:`iiae.data.splits.PairedSplits`
+whose ``train`` and ``test`` hold ``x`` and ``y`` (tensors, or sliceable lazy views for image folders), so the
+training, the retrieval evaluation and the figures treat every dataset the same way::
+
+    from iiae.data.datasets import build_splits
+    splits = build_splits(config)          # picks DATASETS[config.data.dataset]
+
+Validation pairs are always disjoint from the training pairs: a ``validation_split`` folder (Facades: val/),
+or else ``validation_fraction`` of the training pairs held out by ``split_seed`` (Maps, whose official run
+validated on copies of training images; Cars hold out whole cars), in ``splits.validation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from iiae.core.config import DataConfig, ExperimentConfig, ModelConfig
+from iiae.data.cars import TEST_CARS, TRAIN_CARS, car_files, load_cars
+from iiae.data.download import ensure_pix2pix_dataset
+from iiae.data.paired_images import scan_split
+from iiae.data.splits import PairedSplits, build_cdcb_splits, held_out_indices
+from iiae.errors import ConfigError, DataError
+
+Builder = Callable[[DataConfig, ModelConfig], PairedSplits]
+
+
+def _root(data: DataConfig) -> Path:
+    if data.root is None:
+        raise ConfigError(f"data.dataset {data.dataset!r} needs data.root (--data-root DIR): the folder of its files")
+    return Path(data.root)
+
+
+def build_image_splits(data: DataConfig, model: ModelConfig) -> PairedSplits:
+    """Pairs of an AB or two-folder image set (``paired_images``, ``facades``, ``maps``)."""
+    root = _root(data)
+    for name in ("test_split", "validation_split"):
+        if getattr(data, name) == data.train_split:
+            raise ConfigError(f"data.{name} = data.train_split = {data.train_split!r}: it must be disjoint from training")
+    if data.source == "download":
+        if data.dataset not in ("facades", "maps"):
+            raise ConfigError(f"data.source 'download' works for facades and maps, not {data.dataset!r}")
+        ensure_pix2pix_dataset(data.dataset, root)
+
+    def scan(split: str):
+        return scan_split(root, split, data.layout, model.image_size, model.x_channels, model.y_channels,
+                          data.swap, data.skip_bad)  # fmt: skip
+
+    train, test = scan(data.train_split), scan(data.test_split)
+    if data.validation_split is not None:
+        validation = scan(data.validation_split)
+    else:
+        kept, held = held_out_indices(len(train), data.validation_fraction, data.split_seed)
+        if not kept:
+            raise ConfigError(f"data.validation_fraction = {data.validation_fraction} leaves no training pairs")
+        validation = train.subset(held) if held else None
+        train = train.subset(kept) if held else train
+    splits = f"train {data.train_split}/, test {data.test_split}/"
+    source = f"{data.dataset} images in {root} ({data.layout} layout; {splits})"
+    return PairedSplits(train=train, test=test, source=source, validation=validation)
+
+
+def build_cars_splits(data: DataConfig, model: ModelConfig) -> PairedSplits:
+    """Cars 1-191 (less the held-out validation cars) for training, 192-199 for testing."""
+    root = _root(data)
+    files = car_files(root)
+    present = [n for n in TRAIN_CARS if n in files]
+    if not present:
+        raise DataError(f"Cars folder {root} holds none of the training cars 1-191 (car_001_mesh.mat ...)")
+    kept, held = held_out_indices(len(present), data.validation_fraction, data.split_seed)
+    if not kept:
+        raise ConfigError(f"data.validation_fraction = {data.validation_fraction} leaves no training cars in {root}")
+    train = load_cars(root, [present[i] for i in kept], model.image_size, data.cars_y_views)
+    views, seed = data.cars_y_views, data.split_seed
+    validation = load_cars(root, [present[i] for i in held], model.image_size, views, seed) if held else None
+    test = load_cars(root, list(TEST_CARS), model.image_size, views, seed)
+    return PairedSplits(train=train, test=test, source=f"{train.source}; test: {test.source}", validation=validation)
+
+
+def _cdcb(data: DataConfig, model: ModelConfig) -> PairedSplits:
+    return build_cdcb_splits(data, model.image_size)
+
+
+#: ``data.dataset`` -> builder of its splits.
+DATASETS: dict[str, Builder] = {
+    "mnist_cdcb": _cdcb,
+    "fashion_mnist_cdcb": _cdcb,
+    "paired_images": build_image_splits,
+    "facades": build_image_splits,
+    "maps": build_image_splits,
+    "cars": build_cars_splits,
+}
+
+
+def build_splits(config: ExperimentConfig) -> PairedSplits:
+    """Train and test pairs of ``config.data.dataset`` at the model's image size and channels."""
+    return DATASETS[config.data.dataset](config.data, config.model)

@@ -1,0 +1,194 @@
+"""Model selection during training, as the official code did it, on validation pairs disjoint from training.
+
+Every ``train.select_every`` steps (and at the last step) :class:`RetrievalSelection` encodes the validation pairs
+(posterior means, batch norm in inference mode) and measures the four retrieval directions of
+:mod:`iiae.evaluation.retrieval`. An evaluation *qualifies* when each exclusive direction retrieves at most
+``train.max_exclusive_hits`` correct partners (exclusive codes must not identify the pair; None: no limit). Among
+qualifying evaluations the one with the highest shared score (``train.select_metric`` of shared X->Y plus shared
+Y->X; the latest on a tie: on easy data the validation score saturates, and the
+later step has trained longer) is saved as ``checkpoints/best.ckpt`` with Lightning's own checkpointing; the
+run's ``last.ckpt`` is kept as well. After training, :func:`selected_model` loads the best weights, or keeps the
+last ones when no evaluation qualified, and says which and why.
+
+The validation metrics go to the run's log as ``val/<direction>_<metric>`` rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from iiae.core.config import TrainConfig
+from iiae.core.model import IIAE
+from iiae.engine.checkpointing import load_checkpoint, model_state
+from iiae.evaluation.retrieval import encode_pairs, retrieval_table
+from iiae.run_files import BEST_CHECKPOINT
+
+SHARED = ("shared_x_to_y", "shared_y_to_x")
+EXCLUSIVE = ("exclusive_x_to_y", "exclusive_y_to_x")
+LOGGED = ("top1", "hits", "recall_at_5", "median_rank")
+
+Measure = Callable[[IIAE], dict[str, dict[str, float]]]
+
+
+def selection_record(
+    step: int, table: dict[str, dict[str, float]], metric: str = "top1", max_exclusive_hits: int | None = 1
+) -> dict[str, Any]:
+    """One evaluation: its step, shared score, exclusive hits, whether it qualifies, and the table's top-1s."""
+    exclusive_hits = {direction: int(table[direction]["hits"]) for direction in EXCLUSIVE}
+    qualifies = max_exclusive_hits is None or all(hits <= max_exclusive_hits for hits in exclusive_hits.values())
+    return {
+        "step": int(step),
+        "score": float(sum(table[direction][metric] for direction in SHARED)),
+        "qualifies": bool(qualifies),
+        "exclusive_hits": exclusive_hits,
+        "top1": {direction: float(row["top1"]) for direction, row in table.items()},
+    }
+
+
+class RetrievalSelection(Callback):
+    """Keeps ``best.ckpt``: the best shared retrieval on validation pairs among steps whose exclusive codes qualify.
+
+    ``measure`` maps the model to a retrieval table (default: :func:`iiae.evaluation.retrieval.retrieval_table` of the
+    validation pairs ``x``, ``y``); tests pass synthetic tables. The callback's history is saved in every
+    checkpoint of the run, so a resumed run keeps its best.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        every: int,
+        x: Any = None,
+        y: Any = None,
+        metric: str = "top1",  # summed over shared X->Y and Y->X; higher is better
+        max_exclusive_hits: int | None = 1,  # per exclusive direction; None: no constraint
+        batch_size: int = 500,
+        measure: Measure | None = None,
+    ) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if measure is None:
+            if x is None or y is None:
+                raise ValueError("RetrievalSelection needs validation pairs x, y or a measure function")
+            measure = self._validation_measure(x, y, batch_size)
+        self.best_path = Path(dirpath) / BEST_CHECKPOINT
+        self.every, self.metric, self.max_exclusive_hits, self.measure = every, metric, max_exclusive_hits, measure
+        self.validation_pairs = None if x is None else len(x)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.disabled: str | None = None  # why this run selects nothing (then the callback does nothing)
+
+    @classmethod
+    def for_run(cls, train: TrainConfig, validation: Any, dirpath: str | Path) -> RetrievalSelection:
+        """The callback of a run's ``train`` config and validation pairs (disabled, saying why, when off)."""
+        if train.select_every == 0 or validation is None:
+            selection = cls(dirpath, 1, measure=lambda model: {})
+            selection.disabled = (
+                "model selection is off (train.select_every = 0)" if train.select_every == 0
+                else "no validation pairs (data.validation_fraction = 0 and no data.validation_split)"
+            )  # fmt: skip
+            return selection
+        return cls(dirpath, train.select_every, validation.x, validation.y, train.select_metric,
+                   train.max_exclusive_hits, train.eval_batch_size)  # fmt: skip
+
+    @staticmethod
+    def _validation_measure(x: Any, y: Any, batch_size: int) -> Measure:
+        def measure(model: IIAE) -> dict[str, dict[str, float]]:
+            return retrieval_table(encode_pairs(model, x, y, batch_size))
+
+        return measure
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        final = trainer.max_steps > 0 and step >= trainer.max_steps
+        already = bool(self.history) and self.history[-1]["step"] == step  # a skipped step does not advance it
+        if self.disabled or step == 0 or already or not (step % self.every == 0 or final):
+            return
+        table = self.measure(pl_module.model)
+        record = selection_record(step, table, self.metric, self.max_exclusive_hits)
+        self.history.append(record)
+        for logger in trainer.loggers:
+            values = {f"val/{d}_{name}": float(table[d][name]) for d in table for name in LOGGED}
+            logger.log_metrics({**values, "val/selection_score": record["score"]}, step=step)
+        if record["qualifies"] and (self.best is None or record["score"] >= self.best["score"]):
+            self.best = record
+            trainer.save_checkpoint(self.best_path, weights_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": copy.deepcopy(self.history), "best": copy.deepcopy(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = copy.deepcopy(state_dict.get("history", []))
+        self.best = copy.deepcopy(state_dict.get("best"))
+
+    def criteria(self) -> str:
+        """The selection rule in words."""
+        limit = "any number of" if self.max_exclusive_hits is None else f"at most {self.max_exclusive_hits}"
+        limit += " correct pair" if self.max_exclusive_hits == 1 else " correct pairs"
+        pairs = "" if self.validation_pairs is None else f" on {self.validation_pairs} validation pairs"
+        return (
+            f"highest shared {self.metric} (X->Y + Y->X){pairs}, every {self.every} steps and at the last step, "
+            f"among evaluations whose exclusive codes retrieve {limit} per direction"
+        )
+
+
+def selected_model(module: L.LightningModule, selection: RetrievalSelection, last_step: int) -> dict:
+    """Load the selected weights into ``module.model`` (best, or last as fallback); returns what was chosen and why.
+
+    The returned dict goes into ``metrics.json`` under ``selection``.
+    """
+    if selection.disabled:
+        return {"selected": "last", "step": int(last_step), "reason": selection.disabled}
+    info: dict[str, Any] = {"criteria": selection.criteria(), "history": copy.deepcopy(selection.history)}
+    if selection.best is None or not selection.best_path.is_file():
+        evaluated = len(selection.history)
+        reason = (
+            f"none of the {evaluated} validation evaluations qualified (exclusive hits above the limit); "
+            "fell back to the last step"
+        )
+        return {"selected": "last", "step": int(last_step), "reason": reason, **info}
+    module.model.load_state_dict(model_state(load_checkpoint(selection.best_path)))
+    best = selection.best
+    hits = ", ".join(f"{direction} {count}" for direction, count in best["exclusive_hits"].items())
+    reason = (
+        f"the highest shared {selection.metric} X->Y + Y->X on validation ({best['score']:.2f}) of "
+        f"{sum(r['qualifies'] for r in selection.history)} qualifying evaluations (exclusive hits: {hits})"
+    )
+    return {
+        "selected": "best",
+        "step": int(best["step"]),
+        "checkpoint": str(selection.best_path),
+        "reason": reason,
+        **info,
+    }
+
+
+def selection_markdown(selection: dict | None) -> str:
+    """The report's model-selection section: which step was evaluated and why, and the validation history."""
+    if not selection:
+        return ""
+    lines = ["## Model selection", "", f"Evaluated model: **{selection['selected']}** (step {selection['step']}). "
+             f"{selection['reason']}."]  # fmt: skip
+    if selection.get("criteria"):
+        lines += ["", f"Rule: {selection['criteria']}."]
+    history = selection.get("history") or []
+    if history:
+        lines += [
+            "",
+            "| step | shared X→Y top-1 % | shared Y→X top-1 % | exclusive hits X→Y / Y→X | score | qualifies |",
+            "|---:|---:|---:|---:|---:|:---:|",
+        ]
+        for record in history:
+            top1, hits = record["top1"], record["exclusive_hits"]
+            lines.append(
+                f"| {record['step']} | {top1['shared_x_to_y']:.2f} | {top1['shared_y_to_x']:.2f} | "
+                f"{hits['exclusive_x_to_y']} / {hits['exclusive_y_to_x']} | {record['score']:.2f} | "
+                f"{'yes' if record['qualifies'] else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""report.md of a run: what was trained, how well the codes retrieve, the paper's numbers beside ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from iiae.atomic import atomic_write_text
+from iiae.core.config import ExperimentConfig
+from iiae.engine.selection import selection_markdown
+from iiae.evaluation.measures import measures_markdown
+from iiae.evaluation.retrieval import format_retrieval_table
+from iiae.run_files import REPORT
+
+# Paper keys in configs (``paper:`` section) and the retrieval direction they compare with.
+PAPER_KEYS = {"shared_x_to_y": "iiae_x_to_y", "shared_y_to_x": "iiae_y_to_x"}
+# Methods of the paper's tables, in column order; a config's ``<method>_x_to_y`` keys add a column each.
+PAPER_METHODS = {"iiae": "IIAE", "cddn": "CdDN", "drit": "DRIT"}
+
+
+def paper_methods(paper: dict) -> list[str]:
+    """Methods with numbers in a config's ``paper`` section: IIAE first, then the baselines (CdDN, DRIT, ...)."""
+    found = {key.rsplit("_x_to_y", 1)[0] for key in paper if key.endswith("_x_to_y")}
+    found |= {key.rsplit("_y_to_x", 1)[0] for key in paper if key.endswith("_y_to_x")}
+    return [m for m in PAPER_METHODS if m in found] + sorted(found - set(PAPER_METHODS))
+
+
+def retrieval_markdown(metrics: dict) -> str:
+    """Markdown table of the four retrieval directions, with the paper's numbers (IIAE and baselines) beside."""
+    paper = metrics.get("paper", {})
+    methods = paper_methods(paper) or ["iiae"]
+    names = " | ".join(f"paper ({PAPER_METHODS.get(m, m)}) top-1 %" for m in methods)
+    lines = [
+        f"| direction | top-1 % | hits | recall@5 % | recall@10 % | median rank | {names} |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(methods),
+    ]
+    for direction, row in metrics["retrieval"].items():
+        suffix = PAPER_KEYS.get(direction, "").removeprefix("iiae")
+        references = [paper.get(f"{m}{suffix}") if suffix else None for m in methods]
+        lines.append(
+            f"| {direction} | {row['top1']:.2f} | {row['hits']}/{row['count']} | {row['recall_at_5']:.2f} | "
+            f"{row['recall_at_10']:.2f} | {row['median_rank']:.1f} | "
+            + " | ".join("" if r is None else f"{r:.1f}" for r in references)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(config: ExperimentConfig, metrics: dict, out_dir: str | Path) -> Path:
+    """Write ``report.md`` next to the figures it shows."""
+    out_dir = Path(out_dir)
+    count = metrics["test_pairs"]
+    text = f"""# IIAE run: {config.name}
+
+Data: {metrics['data_source']}; {metrics['train_pairs']} training pairs, {metrics.get('validation_pairs', 0)} validation
+pairs (held out of training, for model selection), {metrics['test_pairs']} test pairs.
+Training: {metrics['steps']} steps in {metrics['training_seconds']:.0f} s ({metrics['threads']} threads,
+torch {metrics['torch']}); {metrics['parameters']:,} parameters.
+
+## Cross-domain retrieval (test pairs, L2 nearest neighbour among all {count} candidates)
+
+Shared codes (r^x, r^y means) should find the partner; exclusive codes (q(z^x|x), q(z^y|y) means) should not
+(chance: {100 / max(count, 1):.2f} %). The paper's numbers are for its own setting (see the config's `paper`).
+
+{retrieval_markdown(metrics)}
+
+```
+{format_retrieval_table(metrics['retrieval'])}
+```
+
+{selection_markdown(metrics.get('selection'))}
+## Translation
+
+Rows: input x; X→Y with r^x(x)'s mean and three z^y drawn from the prior; X→Y with z^y of the paired y;
+then the same from y to X.
+
+![translation](translation.png)
+
+## Visual analogies and latent traversals
+
+Analogies, one grid per domain: cell (i, j) decodes the shared code of the image left of row i with the exclusive
+code of the image above column j (the diagonal reconstructs the inputs). Traversals: row k sets dimension k of
+the exclusive code of the first test image from -2 to 2 (prior units), its shared code fixed; the input is on
+the left. Exclusive dimensions should change only what belongs to one domain (MNIST-CDCB: a colour), never the
+shared content (the digit).
+
+![analogies](analogy.png)
+
+![traversals](traversal.png)
+
+{measures_markdown(metrics)}
+## Loss terms
+
+![loss curves](loss_curves.png)
+
+{config_section(config.to_dict())}"""
+    return atomic_write_text(out_dir / REPORT, text)
+
+
+def config_section(values: dict) -> str:
+    """The last section of a run's report.md: the run's config, as YAML."""
+    return f"## Config\n\n```yaml\n{yaml.safe_dump(values, sort_keys=False).rstrip()}\n```\n"

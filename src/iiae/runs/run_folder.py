@@ -1,0 +1,175 @@
+"""A run folder's life: where a new run goes, the checks before it is created, its lock, and what may be resumed.
+
+- :func:`default_run_dir`, :func:`check_output_dir`: a new run's folder, refused before any work if it holds files
+  or cannot be written;
+- :class:`RunLock`: while a process writes a run folder it holds ``.iiae.lock``, so two runs never mix;
+- :func:`find_run_to_resume`, :func:`check_resume_config`, :func:`resumable_checkpoint`: the policy of
+  ``iiae train --resume`` (which folder, which config changes are allowed, which checkpoint); the mechanism
+  that makes a resumed run exact is :mod:`iiae.engine.resume` and :mod:`iiae.engine.checkpointing`.
+
+File names: :mod:`iiae.run_files`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from iiae.core.config import ExperimentConfig, load_config
+from iiae.engine.checkpointing import newest_checkpoint
+from iiae.errors import CheckpointError, ConfigError, OutputError
+from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, METRICS
+
+
+# ------------------------------------------------------------------------------------------------ new runs
+def default_run_dir(config: ExperimentConfig, root: str | Path = "runs") -> Path:
+    """``runs/<config name>-<date>-<time>``; a suffix keeps it fresh if that already exists."""
+    base = Path(root) / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    candidate, index = base, 1
+    while candidate.exists():
+        candidate, index = Path(f"{base}-{index}"), index + 1
+    return candidate
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse a folder that holds files already, or whose parent cannot be written, before any work."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise OutputError(f"output path {out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()):
+            raise OutputError(f"output folder {out_dir} is not empty; choose a new --out (runs are never mixed)")
+    parent = out_dir if out_dir.exists() else next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not parent.is_dir():
+        raise OutputError(f"cannot create output folder {out_dir}: {parent} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".iiae-write-test-"):
+            pass
+    except OSError as error:
+        raise OutputError(f"output folder {out_dir} cannot be written ({parent}: {error.strerror})") from None
+
+
+# ------------------------------------------------------------------------------------------------ run lock
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.iiae.lock``: a second run (or resume) on the same folder refuses.
+
+    The lock dies with its process (even on SIGKILL), so a crashed run never blocks its own resumption.
+    ``new_run``: create the folder and refuse it if it holds anything but the lock file.
+    """
+
+    def __init__(self, folder: Path, new_run: bool) -> None:
+        self.folder, self.new_run, self._handle = Path(folder), new_run, -1
+
+    def __enter__(self) -> RunLock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / LOCK
+            while True:
+                handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    owner = os.read(handle, 64).decode(errors="replace").strip() or "unknown"
+                    os.close(handle)
+                    raise OutputError(
+                        f"run folder {self.folder} is in use by another iiae run (pid {owner}); "
+                        "wait for it or choose another folder"
+                    ) from None
+                if os.path.exists(path) and os.stat(path).st_ino == os.fstat(handle).st_ino:
+                    break
+                os.close(handle)  # the previous holder removed the file while we waited: lock the new one
+        except OSError as error:
+            if isinstance(error, OutputError):
+                raise
+            raise OutputError(f"cannot lock run folder {self.folder}: {error.strerror or error}") from None
+        self._handle = handle
+        os.ftruncate(handle, 0)
+        os.write(handle, str(os.getpid()).encode())
+        if self.new_run and any(path.name != LOCK for path in self.folder.iterdir()):
+            self.__exit__()
+            raise OutputError(f"output folder {self.folder} is not empty; choose a new --out (runs are never mixed)")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._handle >= 0:
+            (self.folder / LOCK).unlink(missing_ok=True)
+            os.close(self._handle)  # releases the flock
+            self._handle = -1
+
+
+# ------------------------------------------------------------------------------------------------- resuming
+#: Keys that may differ between a run and its resumption: how long to train, where it runs, how data is read.
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.accelerator",
+    "train.eval_batch_size",
+    "train.skip_nonfinite_steps",
+    "data.num_workers",
+    "data.root",
+}
+
+
+def find_run_to_resume(target: str, config_name: str, root: str | Path = "runs") -> Path:
+    """``target`` itself, or for ``auto`` the newest run folder of ``config_name`` under ``root`` with a checkpoint."""
+    if target != "auto":
+        run_dir = Path(target)
+        if not (run_dir / CONFIG).is_file():
+            what = "does not exist" if not run_dir.exists() else f"holds no {CONFIG}"
+            raise CheckpointError(f"cannot resume {run_dir}: it {what}; expected a run folder written by iiae train")
+        return run_dir
+    candidates = []
+    for config_path in Path(root).glob(f"*/{CONFIG}"):
+        run_dir = config_path.parent
+        checkpoints = list((run_dir / CHECKPOINTS).glob("*.ckpt"))
+        if not checkpoints:
+            continue
+        try:
+            if load_config(config_path).name != config_name:
+                continue
+        except ConfigError:
+            continue
+        candidates.append((max(path.stat().st_mtime for path in checkpoints), str(run_dir)))
+    if not candidates:
+        raise CheckpointError(
+            f"--resume auto: no run of config {config_name!r} with a checkpoint under {root}/; "
+            "start one with iiae train, or name the run folder"
+        )
+    return Path(max(candidates)[1])
+
+
+def check_resume_config(saved: Any, requested: Any, run_dir: Path, allowed: set[str] = RESUMABLE_CHANGES) -> None:
+    """ConfigError naming the first key that differs from the run's config (any config dataclass with
+    ``to_dict``) and is not in ``allowed``."""
+
+    def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and key != "paper":
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    before, after = flatten(saved.to_dict()), flatten(requested.to_dict())
+    for key in sorted(set(before) | set(after)):
+        if key not in allowed and before.get(key) != after.get(key):
+            raise ConfigError(
+                f"cannot resume {run_dir} with {key} = {after.get(key)!r}: the run was started with "
+                f"{before.get(key)!r} ({run_dir / CONFIG}); only {', '.join(sorted(allowed))} "
+                "may change on resume"
+            )
+
+
+def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path:
+    """The checkpoint ``--resume`` continues from; OutputError if the run already finished its steps."""
+    path, checkpoint = newest_checkpoint(run_dir, config)
+    step = int(checkpoint["global_step"])
+    if step >= config.train.steps and (run_dir / METRICS).is_file():
+        raise OutputError(
+            f"run {run_dir} already finished its {step} steps (its metrics.json is written); "
+            f"pass --steps N with N > {step} to train it further"
+        )
+    return path

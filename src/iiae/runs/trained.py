@@ -1,0 +1,152 @@
+"""A trained model for ``iiae evaluate`` and ``iiae translate``: found, loaded and checked, with its run's config.
+
+Accepted paths:
+
+- a run folder written by ``iiae train`` (its exported ``model/`` is loaded, its ``config.yaml`` read);
+- a model folder (``config.json`` + ``model.safetensors``, see :meth:`iiae.IIAE.save_pretrained`);
+- a Lightning checkpoint file (``checkpoints/best.ckpt``, ``last.ckpt``, ``step=N.ckpt``), read with
+  ``weights_only=True``; its config is the one saved inside it.
+
+A path that is missing, truncated or belongs to another model raises :class:`iiae.errors.CheckpointError` with a
+one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from iiae.atomic import atomic_write_json
+from iiae.core.config import ExperimentConfig, config_from_dict, load_config
+from iiae.core.model import CONFIG_FILE, IIAE
+from iiae.engine.checkpointing import (
+    check_checkpoint_matches,
+    load_checkpoint,
+    model_state,
+)
+from iiae.errors import CheckpointError, ConfigError, OutputError
+from iiae.evaluation.measures import MEASURE_KEYS
+from iiae.run_files import CHECKPOINTS, CONFIG, METRICS, MODEL_DIR
+
+
+@dataclass
+class TrainedModel:
+    """A loaded model, where it came from, and the config of its run when one is known."""
+
+    model: IIAE
+    source: Path  # the model folder or checkpoint file that was read
+    run_config: ExperimentConfig | None  # config.yaml of the run, or the config saved in the checkpoint
+    run_dir: Path | None  # the run folder, when the model belongs to one
+    step: int | None  # training step of a checkpoint (None for an exported model folder)
+
+    def default_metrics_path(self) -> Path:
+        """Where ``iiae evaluate`` writes by default: the run's metrics.json for the run's exported model, else
+        ``metrics.json`` in the model folder, or ``<name>.metrics.json`` beside a checkpoint (never clobbering
+        the run's metrics with another checkpoint's)."""
+        if self.source.is_file():
+            return self.source.with_name(f"{self.source.stem}.metrics.json")
+        if self.run_dir is not None:
+            return self.run_dir / METRICS
+        return self.source / METRICS
+
+    def experiment_config(self, config: ExperimentConfig) -> ExperimentConfig:
+        """``config`` with the loaded model's own architecture (the data must be built at the model's image size)."""
+        values = config.to_dict()
+        values["model"] = asdict(self.model.config)
+        return config_from_dict(values)
+
+
+def _run_config(folder: Path) -> ExperimentConfig | None:
+    path = folder / CONFIG
+    return load_config(path) if path.is_file() else None
+
+
+def _from_checkpoint(path: Path) -> TrainedModel:
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no iiae config (hyper_parameters.config): not an iiae run?")
+    try:
+        config = config_from_dict(saved)
+    except ConfigError as error:
+        raise CheckpointError(f"checkpoint {path} holds an invalid iiae config: {error}") from None
+    check_checkpoint_matches(checkpoint, config, path)
+    model = IIAE(config.model)
+    model.load_state_dict(model_state(checkpoint))
+    run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else None
+    if run_dir is not None and not (run_dir / CONFIG).is_file():
+        run_dir = None
+    return TrainedModel(model.eval(), path, config, run_dir, int(checkpoint["global_step"]))
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Load a run folder, a model folder or a checkpoint file (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"model path {path} does not exist; expected a run folder, its model/ folder or a .ckpt checkpoint"
+        )
+    if path.is_file():
+        return _from_checkpoint(path)
+    if not (path / CONFIG_FILE).exists() and (path / MODEL_DIR).is_dir():
+        model_folder, run_dir = path / MODEL_DIR, path
+    elif (path / CONFIG_FILE).exists():
+        model_folder, run_dir = path, path.parent if (path.parent / CONFIG).is_file() else None
+    elif (path / CONFIG).is_file():
+        raise CheckpointError(
+            f"run folder {path} has no exported model/ (an interrupted run?); evaluate one of its checkpoints "
+            f"({path / 'checkpoints' / 'last.ckpt'}) or export it with iiae export"
+        )
+    else:
+        raise CheckpointError(
+            f"{path} is neither a run folder nor a model folder: expected config.yaml + model/, or {CONFIG_FILE} "
+            "+ model.safetensors"
+        )
+    model = IIAE.from_pretrained(model_folder)
+    return TrainedModel(model, model_folder, _run_config(run_dir) if run_dir else None, run_dir, None)
+
+
+def write_metrics(
+    path: str | Path,
+    table: dict,
+    trained: TrainedModel,
+    test_pairs: int,
+    data_source: str,
+    measures: dict | None = None,
+) -> Path:
+    """Write the retrieval table (and what was evaluated) as JSON; an existing metrics file keeps its other keys.
+
+    So evaluating a run folder refreshes the ``retrieval`` of its ``metrics.json`` and leaves the training
+    facts (time, steps, model selection) as the main job wrote them. ``measures`` (``iiae.evaluation.measures``: fidelity
+    and leakage of this model on these pairs) replace the file's measures; ``{}`` (data without known factors)
+    removes them, as they would describe other data; None leaves them as they are.
+    """
+    path = Path(path)
+    existing: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise OutputError(f"{path} exists and is not a JSON file; choose another --json path") from None
+        if not isinstance(existing, dict):
+            raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
+    existing["retrieval"] = table
+    if measures is not None:
+        for key in MEASURE_KEYS:
+            existing.pop(key, None)
+        existing.update(measures)
+    existing["evaluated"] = {
+        "model": str(trained.source),
+        "step": trained.step,
+        "test_pairs": test_pairs,
+        "data_source": data_source,
+        "date": datetime.now().isoformat(timespec="seconds"),
+    }
+    try:
+        atomic_write_json(path, existing)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
