@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,3 +92,18 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_folder(path.parent)
+
+
+def save_traceback(error: BaseException, folder: str | Path | None = None, name: str = "error.log") -> Path | None:
+    """Write ``error``'s traceback to ``folder/name`` (a new temporary file when ``folder`` is None); the path, or
+    None when it cannot be written. For the one-line report of an unexpected failure (a bug)."""
+    text = "".join(traceback.format_exception(error))
+    try:
+        if folder is None:
+            with tempfile.NamedTemporaryFile("w", prefix="iiae-error-", suffix=".log", delete=False,
+                                             encoding="utf-8") as file:  # fmt: skip
+                file.write(text)
+                return Path(file.name)
+        return atomic_write_text(Path(folder) / name, text)
+    except OSError:
+        return None

@@ -8,6 +8,7 @@
     metrics.json             what the run measured (METRICS); written last: its presence marks a finished run
     report.md                the run's report (REPORT), beside the figures it shows
     .iiae.lock               held while a process writes the folder (LOCK)
+    error.log                the traceback of an unexpected failure, if one happened (ERROR_LOG)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ METRICS_LOG = Path(LOGS_DIR) / "metrics.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
 LOCK = ".iiae.lock"
+ERROR_LOG = "error.log"  # the traceback of an unexpected failure during the run (a bug), for the bug report
 SWEEP_SUMMARY = "summary.json"
 SWEEP_SUMMARY_MARKDOWN = "summary.md"
 # Figures of the main job (iiae.evaluation.figures) and of a zero-shot SBIR run

@@ -6,7 +6,9 @@
     iiae evaluate runs/<run>/checkpoints/best.ckpt --json best.json
     iiae translate runs/<run> --out figures/  # translation.png, analogy.png, traversal.png
 
-User mistakes print one line ``iiae: error: ...`` on stderr and exit with status 2.
+User mistakes print one line ``iiae: error: ...`` on stderr and exit with status 2; an unexpected failure (a bug)
+prints one line naming the file that holds its traceback (``error.log`` in the run folder during a run) and exits
+with status 1.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
 from iiae.errors import ConfigError, IIAEError, RunInterrupted
 
@@ -237,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("iiae: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - not a user mistake: a bug. One line; the traceback is kept
+        saved = getattr(error, "iiae_error_log", None) or save_traceback(error)
+        first = " ".join((str(error).strip().splitlines() or [""])[0].split())[:300]
+        where = f"full traceback: {saved}" if saved else "its traceback could not be saved"
+        print(f"iiae: error: unexpected {type(error).__name__}: {first} (a bug in iiae, please report it; {where})",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -174,6 +174,7 @@ class DataConfig:
     cars_y_views: list[int] = field(default_factory=lambda: list(range(1, 24)))  # views 1..23 of 0..23
 
     def validate(self) -> None:
+        check_seeds("data", self, "split_seed", "colour_seed")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.recolour_every_epoch and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
@@ -219,6 +220,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model before training (no gain measured on CPU)
 
     def validate(self) -> None:
+        check_seeds("train", self, "seed")
         _positive(self, "steps", "batch_size", "learning_rate", "log_every", "eval_batch_size")
         _positive(self, "checkpoint_every", "keep_checkpoints")
         if self.skip_nonfinite_steps < 0:
@@ -262,6 +264,17 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SEED_LIMIT = 2**32  # numpy's and Lightning's generators take seeds in [0, 2^32 - 1]
+
+
+def check_seeds(prefix: str, section: Any, *names: str) -> None:
+    """ConfigError naming the first seed of ``section`` outside [0, 2^32 - 1] (``prefix``: its section's name)."""
+    for name in names:
+        value = getattr(section, name)
+        if not 0 <= value < SEED_LIMIT:
+            raise ConfigError(f"{prefix}.{name} must be in [0, {SEED_LIMIT - 1}], got {value}")
 
 
 def _positive(section: Any, *names: str) -> None:

@@ -95,5 +95,10 @@ DATASETS: dict[str, Builder] = {
 
 
 def build_splits(config: ExperimentConfig) -> PairedSplits:
-    """Train and test pairs of ``config.data.dataset`` at the model's image size and channels."""
-    return DATASETS[config.data.dataset](config.data, config.model)
+    """Train and test pairs of ``config.data.dataset`` at the model's image size and channels; DataError when a
+    split a run needs is empty (found before any training, not after it)."""
+    splits = DATASETS[config.data.dataset](config.data, config.model)
+    for name, pairs in (("training", splits.train), ("test", splits.test)):
+        if len(pairs) == 0:
+            raise DataError(f"the {name} split of {splits.source} holds no pairs: a run needs training and test pairs")
+    return splits

@@ -13,10 +13,12 @@ Files are sorted by number when their stems are numbers (``2.jpg`` before ``10.j
 image (each half for AB) is resized to ``size`` x ``size`` (box filter, i.e. area averaging, when shrinking;
 bicubic when enlarging) and mapped to [-1, 1].
 
-Only the headers are read when a dataset is built (size, mode: cheap), so every file's problem -- not an image,
-an odd width, halves that are not square, an empty folder, names without a partner -- is reported up front
-with the file's name; pixels are decoded in ``__getitem__``, in DataLoader workers, so no dataset needs to fit
-in memory. A file that cannot be decoded there still raises a one-line :class:`ImageFileError` naming it.
+Every file is decoded once when a dataset is built (and dropped again), so every file's problem -- not an image,
+truncated or corrupt pixels, a decompression bomb, an odd width, halves that are not square, an empty folder,
+names without a partner -- is reported up front with the file's name (or skipped with ``data.skip_bad``),
+before training; pixels are decoded again in ``__getitem__``, in DataLoader workers, so no dataset needs to
+fit in memory. A file that cannot be decoded there (changed meanwhile) still raises a one-line
+:class:`ImageFileError` naming it.
 """
 
 from __future__ import annotations
@@ -73,12 +75,19 @@ def _square_enough(width: int, height: int) -> bool:
     return abs(width - height) <= ASPECT_TOLERANCE * max(width, height)
 
 
-def _header(path: Path) -> tuple[int, int, str]:
-    """Width, height and PIL mode of an image file, reading its header only."""
+#: What PIL raises for a file that is no usable image: not an image, truncated or corrupt pixels, or more pixels
+#: than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS x 2).
+UNUSABLE_IMAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _inspect(path: Path) -> tuple[int, int, str]:
+    """Width, height and PIL mode of an image file, its pixels decoded once so that a damaged body is found when
+    the data set is built, before training (ImageFileError naming the file otherwise)."""
     try:
         with Image.open(path) as image:
+            image.load()
             return image.width, image.height, image.mode
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except UNUSABLE_IMAGE as error:
         raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
 
 
@@ -158,7 +167,7 @@ class PairedImageFolder(Dataset):
             image = Image.open(path)
             image.load()
             return image
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except UNUSABLE_IMAGE as error:
             raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
 
     def _half(self, image: Image.Image, pair: PairSource, domain: int) -> torch.Tensor:
@@ -250,7 +259,7 @@ def scan_ab_split(folder: Path, size: int, x_channels: int = 3, y_channels: int 
     target = (_mode(x_channels), _mode(y_channels))
     for path in files:
         try:
-            width, height, mode = _header(path)
+            width, height, mode = _inspect(path)
         except ImageFileError as error:
             problems.add(str(error))
             continue
@@ -300,7 +309,7 @@ def scan_two_folder_split(folder: Path, size: int, x_channels: int = 3, y_channe
         headers = []
         for path in (x_files[stem], y_files[stem]):
             try:
-                width, height, mode = _header(path)
+                width, height, mode = _inspect(path)
             except ImageFileError as error:
                 problems.add(str(error))
                 break

@@ -32,6 +32,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from iiae.atomic import atomic_write_text
+from iiae.errors import CheckpointError
 from iiae.run_files import METRICS_LOG
 
 
@@ -166,14 +167,20 @@ def trim_metrics_log(run_dir: Path, checkpoint: dict[str, Any]) -> None:
     if not path.is_file():
         return
     keep_rows = checkpoint.get(LOG_ROWS_KEY)
-    with path.open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        fields = reader.fieldnames or []
-        if keep_rows is not None:
-            rows = [row for _, row in zip(range(int(keep_rows)), reader)]
-        else:
-            step = int(checkpoint["global_step"])
-            rows = [row for row in reader if row.get("step", "").isdigit() and int(row["step"]) < step]
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            fields = reader.fieldnames or []
+            if keep_rows is not None:
+                rows = [row for _, row in zip(range(int(keep_rows)), reader)]
+            else:
+                step = int(checkpoint["global_step"])
+                rows = [row for row in reader if row.get("step", "").isdigit() and int(row["step"]) < step]
+    except (UnicodeDecodeError, csv.Error, ValueError) as error:
+        raise CheckpointError(
+            f"cannot resume: the run's log {path} is not a CSV file written by iiae ({type(error).__name__}); "
+            "move it away to resume without its earlier rows"
+        ) from None
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n")  # as the csv module writes it
     writer.writeheader()

@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from iiae.atomic import save_traceback
 from iiae.core.config import ExperimentConfig, load_config
 from iiae.engine.checkpointing import newest_checkpoint
-from iiae.errors import CheckpointError, ConfigError, OutputError
-from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, METRICS
+from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
+from iiae.run_files import CHECKPOINTS, CONFIG, ERROR_LOG, LOCK, METRICS
 
 
 # ------------------------------------------------------------------------------------------------ new runs
@@ -93,7 +94,9 @@ class RunLock:
             raise OutputError(f"output folder {self.folder} is not empty; choose a new --out (runs are never mixed)")
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any = None, error: BaseException | None = None, *_: Any) -> None:
+        if isinstance(error, Exception) and not isinstance(error, IIAEError):  # a bug: keep its traceback here
+            error.iiae_error_log = save_traceback(error, self.folder, ERROR_LOG)  # type: ignore[attr-defined]
         if self._handle >= 0:
             (self.folder / LOCK).unlink(missing_ok=True)
             os.close(self._handle)  # releases the flock

@@ -19,6 +19,7 @@ from iiae.core.config import (
     ModelConfig,
     _build,
     bundled_names,
+    check_seeds,
     read_config_file,
     resolve_named_config,
 )
@@ -158,6 +159,8 @@ class ZSConfig:
     paper: dict[str, dict[str, float]] = field(default_factory=dict)  # Table 3: method -> measure -> value
 
     def validate(self) -> ZSConfig:
+        check_seeds("train", self.train, "seed")
+        check_seeds("data", self.data, "split_seed")
         self.loss.validate()
         self.feature_net.validate()
         checks = [

@@ -1,0 +1,126 @@
+"""The error contract of the command line (issue 13): a user's mistake or a damaged file is one line naming the
+value or file, nothing half-written; an unexpected failure is one line and a saved traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tiny_runs import expect_error, run_cli, start_cli, tiny_args, tiny_idx_folder
+
+from iiae.cli.main import main
+from iiae.core.config import DataConfig, TrainConfig
+from iiae.errors import ConfigError
+from iiae.run_files import ERROR_LOG
+
+_error = lambda capsys, argv, *fragments: expect_error(capsys, argv, *fragments, prefix="iiae: error:")  # noqa: E731
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seeds_outside_what_the_generators_take_are_refused_before_any_file(tmp_path, capsys, seed):
+    out = tmp_path / "run"
+    _error(capsys, ["train", "--seed", str(seed), "--steps", "1", "--out", str(out)], "train.seed", str(seed))
+    _error(capsys, ["train", "--set", f"data.split_seed={seed}", "--out", str(out)], "data.split_seed")
+    _error(capsys, ["train", "--set", f"data.colour_seed={seed}", "--out", str(out)], "data.colour_seed")
+    assert not out.exists()
+    TrainConfig(seed=2**32 - 1).validate()  # the bounds themselves are fine
+    DataConfig(split_seed=0, colour_seed=2**32 - 1).validate()
+    with pytest.raises(ConfigError, match=r"\[0, 4294967295\]"):
+        TrainConfig(seed=seed).validate()
+
+
+def _ab_folder(root: Path, size: int = 16, count: int = 4) -> Path:
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for index in range(1, count + 1):
+            Image.new("RGB", (2 * size, size), (40 * index, 20, 200)).save(root / split / f"{index}.png")
+    return root
+
+
+IMAGE_TRAIN = ["--config", "facades_64", "--set", "data.dataset=paired_images", "--set", "model.image_size=16",
+               "--set", "model.encoder_widths=[4]", "--set", "model.exclusive_widths=[4,4]",
+               "--set", "model.decoder_widths=[4]", "--set", "model.shared_channels=2", "--steps", "1",
+               "--batch-size", "2", "--no-progress", "--accelerator", "cpu", "--set", "train.select_every=0",
+               "--set", "data.validation_split=null", "--set", "data.num_workers=0"]
+
+
+def test_decompression_bombs_are_named_or_skipped(tmp_path, capsys):
+    root = _ab_folder(tmp_path / "pairs")
+    bomb = root / "train" / "5.png"
+    Image.new("1", (30000, 15000)).save(bomb)  # 4.5e8 pixels, > 2x PIL's limit; a few KB on disk
+    out = tmp_path / "run"
+    _error(capsys, ["train", *IMAGE_TRAIN, "--data-root", str(root), "--out", str(out)], str(bomb), "pixels")
+    assert not out.exists()
+    status = main(["train", *IMAGE_TRAIN, "--data-root", str(root), "--out", str(out), "--set", "data.skip_bad=true"])
+    assert status == 0, capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["train_pairs"] == 4  # 4 of 5, validation 0 of 4 held out
+
+
+def test_an_image_whose_body_is_damaged_is_found_before_training(tmp_path, capsys):
+    root = _ab_folder(tmp_path / "pairs")
+    damaged = root / "test" / "2.png"
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])  # the header is intact, the pixels are cut
+    out = tmp_path / "run"
+    _error(capsys, ["train", *IMAGE_TRAIN, "--data-root", str(root), "--out", str(out)], str(damaged))
+    assert not out.exists()  # refused before the run folder was made: the data can be fixed and the command rerun
+    status = main(["train", *IMAGE_TRAIN, "--data-root", str(root), "--out", str(out), "--set", "data.skip_bad=true"])
+    assert status == 0, capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["test_pairs"] == 3
+
+
+def test_an_empty_test_split_is_refused_before_training(tmp_path, capsys):
+    data, out = tiny_idx_folder(tmp_path / "data", test=0), tmp_path / "run"  # IDX files holding 0 test digits
+    _error(capsys, ["train", "--out", str(out), *tiny_args(data), "--steps", "2"], "test split", "no pairs")
+    assert not out.exists()  # refused before training, not after it
+
+
+BROKEN_FIGURES = """
+import sys
+import iiae.runs.runner as runner
+def broken(*args, **kwargs):
+    raise RuntimeError("something the developers did not foresee")
+runner.save_figures = broken
+from iiae.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_an_unexpected_failure_is_one_line_and_a_saved_traceback(tmp_path):
+    data, out = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
+    process = start_cli(BROKEN_FIGURES, ["train", "--out", str(out), *tiny_args(data), "--steps", "2"])
+    _, stderr = process.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("iiae")]
+    assert process.returncode == 1 and len(lines) == 1, stderr
+    assert "RuntimeError: something the developers did not foresee" in lines[0] and str(out / ERROR_LOG) in lines[0]
+    assert "Traceback" not in stderr  # the traceback is in the file, not on the screen
+    saved = (out / ERROR_LOG).read_text()
+    assert "Traceback" in saved and "def broken" not in saved and "broken" in saved
+    assert (out / "checkpoints" / "last.ckpt").is_file()  # the trained state is kept: --resume finishes the run
+    result = run_cli(["train", "--resume", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_metrics_log_of_random_bytes_on_resume_is_one_line(tmp_path, capsys):
+    data, out = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
+    assert main(["train", "--out", str(out), *tiny_args(data), "--steps", "2"]) == 0
+    capsys.readouterr()
+    log = out / "logs" / "metrics.csv"
+    log.write_bytes(bytes(range(256)) * 4)
+    _error(capsys, ["train", "--resume", str(out), "--steps", "3"], str(log))
+
+
+@pytest.mark.slow
+def test_evaluate_into_a_folder_named_as_the_json_file_leaves_nothing(tmp_path, capsys):
+    data, run = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_args(data), "--steps", "2"]) == 0
+    capsys.readouterr()
+    target = tmp_path / "taken"
+    target.mkdir()
+    _error(capsys, ["evaluate", str(run), "--json", str(target), "--no-measures"], str(target))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "run", "taken"]  # no .taken...tmp
