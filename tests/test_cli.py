@@ -148,3 +148,11 @@ def test_unwritable_and_occupied_output_folders(tmp_path, capsys):
 
 def test_evaluate_a_missing_model(tmp_path, capsys):
     _expect_error(capsys, ["evaluate", str(tmp_path / "nothing")], "does not exist")
+
+
+def test_version(capsys):
+    from iiae import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"iiae {__version__}"

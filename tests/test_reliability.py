@@ -4,6 +4,7 @@ value or file, nothing half-written; an unexpected failure is one line and a sav
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,50 @@ def test_evaluate_into_a_folder_named_as_the_json_file_leaves_nothing(tmp_path, 
     target.mkdir()
     _error(capsys, ["evaluate", str(run), "--json", str(target), "--no-measures"], str(target))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "run", "taken"]  # no .taken...tmp
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path, capsys):
+    data = tiny_idx_folder(tmp_path / "data")
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    for out in (reference, stopped):
+        assert main(["train", "--out", str(out), *tiny_args(data), "--steps", "2"]) == 0
+    for name in ("checkpoints", "model"):  # what a kill before the first checkpoint leaves: config.yaml, logs/
+        shutil.rmtree(stopped / name)
+    for name in ("metrics.json", "report.md"):
+        (stopped / name).unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(stopped)]) == 0
+    assert "no checkpoint yet" in capsys.readouterr().err
+    ours, theirs = (json.loads((run / "metrics.json").read_text()) for run in (stopped, reference))
+    assert ours["retrieval"] == theirs["retrieval"] and ours["steps"] == 2
+    assert (stopped / "logs" / "metrics.csv").read_text() == (reference / "logs" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_damaged_checkpoint_fields_are_skipped_or_named(tmp_path, capsys):
+    import torch
+
+    data, run = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
+    assert main(["train", "--out", str(run), *tiny_args(data), "--steps", "3", "--set", "train.keep_checkpoints=3"]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    damaged = {
+        "optimizer_states": [],
+        "loops": "abc",
+        "iiae_metrics_log_rows": "abc",
+        "iiae_rng_states": {"python": [1, 2, 3], "numpy": "x", "torch": torch.zeros(3)},
+    }
+    for key, value in damaged.items():
+        copy = tmp_path / f"copy-{key}"
+        shutil.copytree(run, copy)
+        (copy / "metrics.json").unlink()
+        torch.save({**checkpoint, key: value}, copy / "checkpoints" / "last.ckpt")  # one field damaged
+        capsys.readouterr()
+        assert main(["train", "--resume", str(copy), "--steps", "4"]) == 0, key  # from step=3.ckpt, said so
+        err = capsys.readouterr().err
+        assert f"skipped checkpoint {copy / 'checkpoints' / 'last.ckpt'}: {key}" in err, err
+    torch.save({**checkpoint, "hyper_parameters": ["not", "a", "mapping"]}, tmp_path / "foreign.ckpt")
+    _error(capsys, ["evaluate", str(tmp_path / "foreign.ckpt")], "foreign.ckpt", "holds no iiae config")
+    _error(capsys, ["export", str(tmp_path / "foreign.ckpt"), "--out", str(tmp_path / "exported")], "foreign.ckpt")
+    assert not (tmp_path / "exported").exists()

@@ -21,6 +21,7 @@ from typing import NoReturn
 from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
 from iiae.errors import ConfigError, IIAEError, RunInterrupted
+from iiae.version import __version__
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -169,6 +170,7 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iiae", description="Interaction Information Auto-Encoder")  # sub-commands inherit it
+    parser.add_argument("--version", action="version", version=f"iiae {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train, evaluate and write a run folder (the main job)")

@@ -300,8 +300,43 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
     return [path for _, _, path in sorted(files, key=lambda item: (item[0], item[1]), reverse=True)]
 
 
+def check_resume_fields(checkpoint: dict[str, Any], path: Path) -> None:
+    """CheckpointError naming the first field that resuming reads and that has the wrong type or range (a damaged
+    or foreign file): the optimiser state, the loops, the callbacks, the random generators, the log row count."""
+
+    def refuse(key: str, expected: str) -> None:
+        value = checkpoint.get(key)
+        raise CheckpointError(f"checkpoint {path}: {key} is {type(value).__name__}, expected {expected}")
+
+    optimizers = checkpoint.get("optimizer_states")
+    if not isinstance(optimizers, list) or len(optimizers) != 1 or not all(
+        isinstance(state, dict) and isinstance(state.get("state"), dict) and isinstance(state.get("param_groups"), list)
+        for state in optimizers
+    ):
+        refuse("optimizer_states", "a list with one Adam state (state and param_groups)")
+    if not isinstance(checkpoint.get("loops"), dict):
+        refuse("loops", "a mapping (Lightning's loop progress)")
+    if not isinstance(checkpoint.get("callbacks", {}), dict):
+        refuse("callbacks", "a mapping of callback states")
+    rows = checkpoint.get(LOG_ROWS_KEY, 0)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        refuse(LOG_ROWS_KEY, "a number of log rows >= 0")
+    rng = checkpoint.get(RNG_KEY)
+    if rng is not None:
+        valid = (
+            isinstance(rng, dict)
+            and isinstance(rng.get("python"), (list, tuple)) and len(rng["python"]) == 3
+            and isinstance(rng.get("numpy"), (list, tuple)) and len(rng["numpy"]) == 5
+            and isinstance(rng["numpy"][1], torch.Tensor) and rng["numpy"][1].numel() == 624
+            and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+        )  # fmt: skip
+        if not valid:
+            refuse(RNG_KEY, "the random generators' states saved by iiae")
+
+
 def newest_checkpoint(run_dir: Path, config: ExperimentConfig) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint of a run that loads and fits its config; unreadable newer ones are skipped, said so."""
+    """The newest checkpoint of a run that loads, holds what resuming reads and fits its config; unreadable or
+    damaged newer ones are skipped, said so."""
     files = checkpoint_files(run_dir)
     if not files:
         raise CheckpointError(f"cannot resume {run_dir}: {run_dir / CHECKPOINTS} holds no checkpoint (*.ckpt)")
@@ -314,7 +349,12 @@ def newest_checkpoint(run_dir: Path, config: ExperimentConfig) -> tuple[Path, di
                 raise
             problems.append(str(error))
             continue
-        check_checkpoint_matches(checkpoint, config, path)
+        check_checkpoint_matches(checkpoint, config, path)  # another model's checkpoint: refused, not skipped
+        try:
+            check_resume_fields(checkpoint, path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
         for problem in problems:
             print(f"iiae: warning: skipped {problem}", file=sys.stderr)
         return path, checkpoint

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,8 +85,12 @@ class NonFiniteGuard(Callback):
             if self.skip_limit
             else "set train.skip_nonfinite_steps to skip such steps"
         )
-        kept = (f"the newest checkpoint in {self.checkpoint_dir} holds the last good state" if self.checkpoint_dir
-                else "this run keeps no checkpoints")  # fmt: skip
+        if self.checkpoint_dir is None:
+            kept = "this run keeps no checkpoints"
+        elif any(Path(self.checkpoint_dir).glob("*.ckpt")):
+            kept = f"the newest checkpoint in {self.checkpoint_dir} holds the last good state"
+        else:
+            kept = "no checkpoint was written yet: --resume starts the run again from step 0"
         raise NonFiniteError(
             f"step {step} (numbered as in logs/metrics.csv): {problem}; training stopped before the update "
             f"({kept}; {advice})"

@@ -166,7 +166,7 @@ def trim_metrics_log(run_dir: Path, checkpoint: dict[str, Any]) -> None:
     path = run_dir / METRICS_LOG
     if not path.is_file():
         return
-    keep_rows = checkpoint.get(LOG_ROWS_KEY)
+    keep_rows = checkpoint.get(LOG_ROWS_KEY)  # an int >= 0 or None (checked when the checkpoint was chosen)
     try:
         with path.open(newline="", encoding="utf-8") as file:
             reader = csv.DictReader(file)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from iiae.atomic import save_traceback
 from iiae.core.config import ExperimentConfig, load_config
-from iiae.engine.checkpointing import newest_checkpoint
+from iiae.engine.checkpointing import checkpoint_files, newest_checkpoint
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
 from iiae.run_files import CHECKPOINTS, CONFIG, ERROR_LOG, LOCK, METRICS
 
@@ -166,8 +167,13 @@ def check_resume_config(saved: Any, requested: Any, run_dir: Path, allowed: set[
             )
 
 
-def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path:
-    """The checkpoint ``--resume`` continues from; OutputError if the run already finished its steps."""
+def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None:
+    """The checkpoint ``--resume`` continues from; None for a run stopped before its first checkpoint (it trains
+    again from step 0 in its folder); OutputError if the run already finished its steps."""
+    if not checkpoint_files(run_dir) and not (run_dir / METRICS).is_file():
+        print(f"iiae: note: {run_dir} holds no checkpoint yet (stopped before the first one): training starts again "
+              "from step 0", file=sys.stderr)  # fmt: skip
+        return None
     path, checkpoint = newest_checkpoint(run_dir, config)
     step = int(checkpoint["global_step"])
     if step >= config.train.steps and (run_dir / METRICS).is_file():

@@ -66,7 +66,8 @@ def _run_config(folder: Path) -> ExperimentConfig | None:
 
 def _from_checkpoint(path: Path) -> TrainedModel:
     checkpoint = load_checkpoint(path)
-    saved = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    saved = hyper_parameters.get("config") if isinstance(hyper_parameters, dict) else None
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {path} holds no iiae config (hyper_parameters.config): not an iiae run?")
     try:
