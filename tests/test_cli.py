@@ -156,3 +156,19 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"iiae {__version__}"
+
+
+@pytest.mark.slow
+def test_a_redirected_log_gets_one_plain_line_per_log_every_steps(tmp_path):
+    """No terminal: no carriage-return bar segments, one progress line every train.log_every steps; -q: none."""
+    from tiny_runs import run_cli, tiny_args, tiny_idx_folder
+
+    data = tiny_idx_folder(tmp_path / "data")
+    args = [*tiny_args(data), "--steps", "4", "--set", "train.log_every=2"]
+    result = run_cli(["train", "--out", str(tmp_path / "run"), *[a for a in args if a != "--no-progress"]])
+    assert result.returncode == 0, result.stderr[-2000:]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("iiae: step ")]
+    assert [line.split(",")[0].split(" loss")[0] for line in progress] == ["iiae: step 2/4", "iiae: step 4/4"]
+    assert "steps/s" in progress[0] and "ETA" in progress[0] and "\r" not in result.stderr + result.stdout
+    quiet = run_cli(["-q", "train", "--out", str(tmp_path / "quiet"), *[a for a in args if a != "--no-progress"]])
+    assert quiet.returncode == 0 and "iiae: step" not in quiet.stderr

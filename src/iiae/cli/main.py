@@ -14,6 +14,7 @@ with status 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -171,6 +172,8 @@ class _Parser(argparse.ArgumentParser):
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iiae", description="Interaction Information Auto-Encoder")  # sub-commands inherit it
     parser.add_argument("--version", action="version", version=f"iiae {__version__}")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only, no progress")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="also debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train, evaluate and write a run folder (the main job)")
@@ -228,9 +231,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.Handler):
+    """The package's log records as plain lines on the current stderr (``iiae: ...``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Messages of the ``iiae`` loggers on stderr: warnings only (-q), progress and notes (default), debug (-v)."""
+    logger = logging.getLogger("iiae")
+    for handler in [h for h in logger.handlers if isinstance(h, _Stderr)]:
+        logger.removeHandler(handler)  # main() may run several times in one process (tests, notebooks)
+    logger.addHandler(_Stderr())
+    logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose - args.quiet)
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
     try:
         return args.handler(args)
     except RunInterrupted as stop:  # SIGTERM / Ctrl-C: a checkpoint was written

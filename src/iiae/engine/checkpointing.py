@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +47,7 @@ from iiae.run_files import (
     STEP_CHECKPOINT_FORMAT,
 )
 
+LOG = logging.getLogger("iiae.engine")
 RNG_KEY = "iiae_rng_states"
 
 
@@ -264,7 +265,7 @@ class RunCheckpoint(ModelCheckpoint):
         try:
             self.flush(trainer)  # the queued state is from before the failing step: still good
         except OSError as error:
-            print(f"iiae: warning: could not write the last checkpoint: {error}", file=sys.stderr)
+            LOG.warning("iiae: warning: could not write the last checkpoint: %s", error)
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
@@ -356,6 +357,6 @@ def newest_checkpoint(run_dir: Path, config: ExperimentConfig) -> tuple[Path, di
             problems.append(str(error))
             continue
         for problem in problems:
-            print(f"iiae: warning: skipped {problem}", file=sys.stderr)
+            LOG.warning("iiae: warning: skipped %s", problem)
         return path, checkpoint
     raise CheckpointError(f"cannot resume {run_dir}: no checkpoint loads ({problems[0]})")

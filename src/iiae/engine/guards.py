@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -21,6 +22,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from iiae.errors import NonFiniteError, RunInterrupted
+
+LOG = logging.getLogger("iiae.engine")
 
 
 def _kind(value: torch.Tensor) -> str:
@@ -74,11 +77,8 @@ class NonFiniteGuard(Callback):
             with torch.no_grad():
                 for name, buffer in pl_module.named_buffers():
                     buffer.copy_(self._buffers[name])
-            print(
-                f"iiae: warning: step {step}: {problem}; step skipped "
-                f"({self.skipped} of train.skip_nonfinite_steps = {self.skip_limit})",
-                file=sys.stderr,
-            )
+            LOG.warning("iiae: warning: step %d: %s; step skipped (%d of train.skip_nonfinite_steps = %d)",
+                        step, problem, self.skipped, self.skip_limit)  # fmt: skip
             return
         advice = (
             f"all {self.skip_limit} skips allowed by train.skip_nonfinite_steps are used"

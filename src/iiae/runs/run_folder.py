@@ -13,8 +13,8 @@ File names: :mod:`iiae.run_files`.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,8 @@ from iiae.core.config import ExperimentConfig, load_config
 from iiae.engine.checkpointing import checkpoint_files, newest_checkpoint
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
 from iiae.run_files import CHECKPOINTS, CONFIG, ERROR_LOG, LOCK, METRICS
+
+LOG = logging.getLogger("iiae.runs")
 
 
 # ------------------------------------------------------------------------------------------------ new runs
@@ -171,8 +173,8 @@ def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None
     """The checkpoint ``--resume`` continues from; None for a run stopped before its first checkpoint (it trains
     again from step 0 in its folder); OutputError if the run already finished its steps."""
     if not checkpoint_files(run_dir) and not (run_dir / METRICS).is_file():
-        print(f"iiae: note: {run_dir} holds no checkpoint yet (stopped before the first one): training starts again "
-              "from step 0", file=sys.stderr)  # fmt: skip
+        LOG.warning("iiae: note: %s holds no checkpoint yet (stopped before the first one): training starts again "
+                    "from step 0", run_dir)  # fmt: skip
         return None
     path, checkpoint = newest_checkpoint(run_dir, config)
     step = int(checkpoint["global_step"])

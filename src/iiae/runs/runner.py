@@ -22,6 +22,7 @@ leaves nothing behind. While a run writes its folder, the folder is locked (``.i
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from iiae.engine.distributed import (
     process_rank,
 )
 from iiae.engine.guards import GracefulStop, NonFiniteGuard
+from iiae.engine.progress import PlainProgress
 from iiae.engine.resume import ContinuingCSVLogger, trim_metrics_log
 from iiae.engine.selection import RetrievalSelection, selected_model
 from iiae.engine.training import IIAELightning, PairedDataModule, apply_speed_switches
@@ -162,6 +164,8 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
     checkpoint = RunCheckpoint(out_dir / CHECKPOINTS, train.checkpoint_every, train.keep_checkpoints, stop)
     guard = NonFiniteGuard(config.train.skip_nonfinite_steps, str(out_dir / CHECKPOINTS))  # NaN/Inf: stop or skip
     selection = RetrievalSelection.for_run(train, job.validation, out_dir / CHECKPOINTS)  # keeps best.ckpt
+    progress_bar = progress and sys.stderr.isatty()  # Lightning's bar on a terminal; one line per log_every steps else
+    plain_progress = progress and not progress_bar
     trainer = L.Trainer(
         max_steps=config.train.steps,
         max_epochs=-1,
@@ -174,11 +178,11 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
         logger=(ContinuingCSVLogger if checkpoint_path else CSVLogger)(out_dir, name="", version=LOGS_DIR),
         # Lightning runs checkpoint callbacks last (RunCheckpoint.setup asserts it): step t's checkpoint holds the
         # stop request and the selection record of step t
-        callbacks=[stop, guard, selection, checkpoint],
+        callbacks=[stop, guard, selection, *([PlainProgress(train.log_every)] if plain_progress else []), checkpoint],
         # atomic writes, weights_only reads; DDP: batch norm over the global batch (torch's SyncBatchNorm is GPU-only)
         plugins=[AtomicCheckpointIO(), *([GlobalBatchNormSync()] if processes > 1 else [])],
         log_every_n_steps=min(config.train.log_every, config.train.steps),  # short runs log too
-        enable_progress_bar=progress,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         deterministic=True,
         default_root_dir=out_dir,
