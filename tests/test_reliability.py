@@ -172,3 +172,45 @@ def test_damaged_checkpoint_fields_are_skipped_or_named(tmp_path, capsys):
     _error(capsys, ["evaluate", str(tmp_path / "foreign.ckpt")], "foreign.ckpt", "holds no iiae config")
     _error(capsys, ["export", str(tmp_path / "foreign.ckpt"), "--out", str(tmp_path / "exported")], "foreign.ckpt")
     assert not (tmp_path / "exported").exists()
+
+
+DISK_FULL_AT_METRICS = """
+import errno, sys
+import iiae.runs.runner as runner
+def full(path, values):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+runner.atomic_write_json = full
+from iiae.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_naming_the_file_and_the_run_continues(tmp_path):
+    data, out = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
+    process = start_cli(DISK_FULL_AT_METRICS, ["train", "--out", str(out), *tiny_args(data), "--steps", "2"])
+    _, stderr = process.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("iiae")]
+    assert process.returncode == 2 and lines == [f"iiae: error: No space left on device: {out / 'metrics.json'}"]
+    assert "Traceback" not in stderr and not (out / "metrics.json").exists()
+    result = run_cli(["train", "--resume", str(out)])  # space freed: the run finishes
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_data_root_whose_name_is_not_utf8_reaches_the_report(tmp_path, capsys):
+    import os
+
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9-data"))  # a Latin-1 folder name on a UTF-8 system
+    try:
+        data = tiny_idx_folder(root)
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this file system does not take non-UTF-8 names")
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *tiny_args(data), "--steps", "1"]) == 0, capsys.readouterr().err
+    report = (out / "report.md").read_bytes()
+    assert b"caf\xe9-data" in report  # the folder's own bytes, as written (no UnicodeEncodeError, no 0-byte file)
+    from iiae.core.config import load_config
+
+    assert load_config(out / "config.yaml").data.root == str(data)  # the config round-trips the name exactly

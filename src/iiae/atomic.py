@@ -64,8 +64,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """``text`` as UTF-8, newlines as given (no translation)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """``text`` as UTF-8, newlines as given (no translation); the undecodable bytes of a file name that is not
+    UTF-8 (Python holds them as surrogates) are written back as they were."""
+    return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def atomic_write_json(path: str | Path, values: Any) -> Path:

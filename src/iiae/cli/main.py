@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("iiae: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # disk full, read-only, permission: the machine's, not a bug. Runs stay resumable
+        where = f": {error.filename}" if error.filename else ""
+        print(f"iiae: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001 - not a user mistake: a bug. One line; the traceback is kept
         saved = getattr(error, "iiae_error_log", None) or save_traceback(error)
         first = " ".join((str(error).strip().splitlines() or [""])[0].split())[:300]

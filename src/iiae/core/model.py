@@ -25,7 +25,7 @@ from torch import nn
 from iiae.core.config import ModelConfig, _build
 from iiae.core.networks import build_networks
 from iiae.core.objective import Gaussian, Posteriors, split_gaussian
-from iiae.errors import CheckpointError, ConfigError
+from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.version import __version__
 
 FORMAT_VERSION = 1
@@ -230,7 +230,10 @@ class IIAE(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        try:
+            save_file(state, str(folder / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        except SafetensorError as error:  # e.g. a full disk: safetensors reports it as its own error
+            raise OutputError(f"cannot write {folder / WEIGHTS_FILE}: {str(error).splitlines()[0]}") from None
         meta = {"format_version": FORMAT_VERSION, "iiae_version": __version__, "model": asdict(self.config)}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return folder

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from iiae.atomic import atomic_write_json
 from iiae.core.config import apply_overrides
-from iiae.errors import CheckpointError, ConfigError
+from iiae.errors import CheckpointError, ConfigError, OutputError
 
 
 def build_zs_config(args: argparse.Namespace, base=None):
@@ -72,7 +72,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     retrieval = evaluate_model(load_model(run / "model"), split, config)
     print(" ".join(f"{name}={value:.4f}" for name, value in retrieval.items() if name.startswith(("map", "prec"))))
     if args.json:
-        Path(args.json).write_text(json.dumps({"retrieval": retrieval}, indent=2), encoding="utf-8")
+        try:
+            atomic_write_json(args.json, {"retrieval": retrieval})
+        except OSError as error:
+            raise OutputError(f"cannot write {args.json}: {error.strerror or error}") from None
     return 0
 
 
