@@ -17,6 +17,7 @@ from tiny_runs import expect_error
 from iiae import IIAE
 from iiae.cli.main import main
 from iiae.data import write_idx
+from iiae.runs.metrics import ImageRunMetrics, keys_of
 
 TINY = ["--steps", "3", "--batch-size", "16", "--no-progress", "--set", "train.log_every=1"]
 
@@ -42,6 +43,7 @@ def test_train_writes_every_output(tiny_run):
                  "logs/metrics.csv"]:  # fmt: skip
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) <= keys_of(ImageRunMetrics), set(metrics) - keys_of(ImageRunMetrics)  # the declared schema
     assert metrics["steps"] == 3 and metrics["test_pairs"] == 1000
     assert metrics["train_pairs"] == 3500 and metrics["validation_pairs"] == 500  # held out of the 4,000
     assert metrics["selection"]["selected"] in ("best", "last") and metrics["selection"]["step"] <= 3

@@ -13,6 +13,7 @@ from tiny_runs import expect_error, tiny_idx_folder
 
 from iiae.cli.main import main
 from iiae.core.config import config_from_dict
+from iiae.runs.metrics import Evaluated, ImageRunMetrics, keys_of
 from iiae.runs.runner import train_and_evaluate
 
 pytestmark = pytest.mark.slow  # trains the run its tests evaluate
@@ -45,6 +46,7 @@ def test_evaluate_a_run_folder_refreshes_its_metrics_and_keeps_the_rest(run, cap
     assert written["retrieval"] == metrics["retrieval"]  # the main job and iiae evaluate: one code path
     assert written["selection"] == metrics["selection"] and written["steps"] == 2
     assert written["evaluated"]["model"] == str(out / "model") and written["evaluated"]["test_pairs"] == 32
+    assert set(written) <= keys_of(ImageRunMetrics) and set(written["evaluated"]) == keys_of(Evaluated)
     # the measures are recomputed for the evaluated model and pairs: the same model and pairs, the same numbers
     assert "translation fidelity: digit classifier reads" in printed and "leakage: digit class from z^s" in printed
     # (to rounding: the main job measured the model in training's channels_last layout, evaluate the export)

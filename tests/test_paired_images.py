@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from iiae.cli.main import main
 from iiae.data.paired_images import ImageFileError, scan_split, sorted_images
 from iiae.errors import DataError
+from iiae.runs.metrics import ImageRunMetrics, keys_of
 
 TINY = ["--steps", "2", "--batch-size", "4", "--no-progress", "--set", "model.image_size=16",
         "--set", "train.log_every=1"]  # fmt: skip
@@ -94,6 +95,7 @@ def test_train_a_few_steps_through_the_cli(tmp_path, layout, capsys):
         argv += ["--set", "data.validation_split=null", "--swap"]  # no val/: hold out of train/; Y/ is domain X
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) <= keys_of(ImageRunMetrics), set(metrics) - keys_of(ImageRunMetrics)  # the declared schema
     assert metrics["steps"] == 2 and metrics["test_pairs"] == 6
     assert (out / "translation.png").is_file() and (out / "model" / "model.safetensors").is_file()
     report = (out / "report.md").read_text()

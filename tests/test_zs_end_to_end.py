@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 import iiae.zsbir.feature_net as feature_net
 from iiae.cli.main import main
+from iiae.runs.metrics import ZeroShotRunMetrics, keys_of
 from iiae.zsbir.backbones import TorchvisionFeatures
 from iiae.zsbir.config import FeatureNetConfig
 
@@ -168,6 +169,7 @@ def test_a_zero_shot_run_is_a_pipeline_run_with_checkpoints_and_resume_refuses_a
     assert (run / "loss_curves.png").is_file() and not (run / ".iiae.lock").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["selection"]["selected"] == "last" and metrics["parameters"] > 0
+    assert set(metrics) <= keys_of(ZeroShotRunMetrics), set(metrics) - keys_of(ZeroShotRunMetrics)  # the schema
     error = _zs_error(capsys, ["zs-sbir", "train", "--resume", str(run)])
     assert "already finished its 4 steps" in error
     error = _zs_error(capsys, ["zs-sbir", "train", "--resume", str(run), "--set", "loss.lambda_=0"])

@@ -64,6 +64,7 @@ from iiae.run_files import (
     METRICS_LOG,
     MODEL_DIR,
 )
+from iiae.runs.metrics import ImageRunMetrics, TrainingFacts
 from iiae.runs.report import write_report
 from iiae.runs.run_folder import (
     RunLock,
@@ -83,7 +84,7 @@ class Job:
     experiment: ExperimentConfig  # model, loss and optimisation as the engine trains them (checkpoints hold it)
     config: Any  # the run's own config, written as config.yaml (an ExperimentConfig, or a zs-sbir ZSConfig)
     data_module: L.LightningDataModule  # the training batches, in a resumable order
-    finish: Callable[[IIAE, Path, dict], dict]  # (evaluated model, run folder, training facts) -> metrics.json
+    finish: Callable[[IIAE, Path, TrainingFacts], dict]  # (model, run folder, training facts) -> metrics.json
     report: Callable[[dict, Path], Path]  # writes report.md from metrics.json's contents
     validation: Any = None  # pairs (.x, .y) for model selection; None: the last model is evaluated
     prepare: Callable[[IIAE], None] = field(default=lambda model: None)  # before training, e.g. standardisation
@@ -123,10 +124,10 @@ def image_job(config: ExperimentConfig, splits: PairedSplits) -> Job:
     """The main job's :class:`Job`: shuffled pairs, model selection on the validation pairs, the retrieval table,
     translation figures and the MNIST-CDCB measures."""
 
-    def finish(model: IIAE, out_dir: Path, facts: dict) -> dict:
+    def finish(model: IIAE, out_dir: Path, facts: TrainingFacts) -> ImageRunMetrics:
         retrieval = evaluate_retrieval(model, splits.test.x, splits.test.y, config.train.eval_batch_size)
         save_figures(model, splits.test.x[:FIGURE_PAIRS], splits.test.y[:FIGURE_PAIRS], out_dir)  # + analogy, traversal
-        metrics = {
+        metrics: ImageRunMetrics = {
             "experiment": config.name,
             "run_dir": str(out_dir),
             "retrieval": retrieval,
@@ -202,7 +203,7 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
     model = module.model.cpu().eval()
     model.save_pretrained(out_dir / MODEL_DIR)
     save_loss_curves(out_dir / METRICS_LOG, out_dir / LOSS_CURVES_FIGURE)
-    facts = {
+    facts: TrainingFacts = {
         "training_seconds": round(training_seconds, 1),
         "steps": int(trainer.global_step),
         "selection": chosen,

@@ -30,6 +30,7 @@ from iiae.engine.checkpointing import (
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.evaluation.measures import MEASURE_KEYS
 from iiae.run_files import CHECKPOINTS, CONFIG, METRICS, MODEL_DIR
+from iiae.runs.metrics import Evaluated
 
 
 @dataclass
@@ -139,13 +140,14 @@ def write_metrics(
         for key in MEASURE_KEYS:
             existing.pop(key, None)
         existing.update(measures)
-    existing["evaluated"] = {
+    evaluated: Evaluated = {
         "model": str(trained.source),
         "step": trained.step,
         "test_pairs": test_pairs,
         "data_source": data_source,
         "date": datetime.now().isoformat(timespec="seconds"),
     }
+    existing["evaluated"] = evaluated
     try:
         atomic_write_json(path, existing)
     except OSError as error:

@@ -33,6 +33,7 @@ from iiae.run_files import (
     MODEL_DIR,
     RETRIEVALS_FIGURE,
 )
+from iiae.runs.metrics import SupervisedFacts, TrainingFacts
 from iiae.runs.run_folder import RunLock, check_output_dir, resumable_checkpoint
 from iiae.runs.runner import Job, execute
 from iiae.zsbir.baseline import (
@@ -193,7 +194,8 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
             save_config(config, out_dir / CONFIG)
             started = time.perf_counter()
             model = train_supervised(config, split)
-            facts = {"training_seconds": round(time.perf_counter() - started, 1), "steps": config.baseline.steps}
+            facts: SupervisedFacts = {"training_seconds": round(time.perf_counter() - started, 1),
+                                      "steps": config.baseline.steps}
             save_supervised(model, config, split, out_dir / MODEL_DIR)
             metrics = finish_run(model, config, split, info, extractor, out_dir, facts)
             atomic_write_json(out_dir / METRICS, metrics)
@@ -208,9 +210,11 @@ def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, l
 
 
 def finish_run(model: nn.Module, config: ZSConfig, split: ZeroShotSplit, info: dict,
-               extractor: FeatureExtractor | None, out_dir: Path, facts: dict) -> dict:  # fmt: skip
+               extractor: FeatureExtractor | None, out_dir: Path, facts: TrainingFacts | SupervisedFacts
+               ) -> dict:  # fmt: skip
     """Evaluate the trained model on the unseen classes, save the feature extractor and the figure; returns the
-    run's metrics.json contents (``facts``: what training reported)."""
+    run's metrics.json contents (:class:`iiae.runs.metrics.ZeroShotRunMetrics`; ``facts``: what training
+    reported)."""
     if extractor is not None:  # before metrics.json, which marks a complete run folder
         extractor.save(out_dir / FEATURE_EXTRACTOR_DIR)
     sketch_codes, photo_codes = embed_test(model, split)

@@ -1,0 +1,89 @@
+"""The schema of a run folder's ``metrics.json``, in one place: what the run pipeline, the report, the sweeps,
+``iiae evaluate`` and the zero-shot runs write and read. Typed dictionaries (the file is plain JSON); the tests
+check that real runs write no key outside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class TrainingFacts(TypedDict):
+    """What the engine reports about a training (:func:`iiae.runs.runner.execute`)."""
+
+    training_seconds: float
+    steps: int  # optimiser steps done (the global step)
+    selection: dict[str, Any]  # which model was evaluated and why (iiae.engine.selection.selected_model)
+    parameters: int
+    torch: str
+    threads: int
+    cpu_count: int | None
+    processes: int  # devices x nodes
+
+
+class Evaluated(TypedDict):
+    """What ``iiae evaluate`` records about its evaluation (:func:`iiae.runs.trained.write_metrics`)."""
+
+    model: str
+    step: int | None
+    test_pairs: int
+    data_source: str
+    date: str
+
+
+class ImageRunMetrics(TrainingFacts, total=False):
+    """metrics.json of the main job and the other paired-image runs."""
+
+    experiment: str
+    run_dir: str
+    retrieval: dict[str, dict[str, float]]  # direction -> top1, hits, recall_at_5, recall_at_10, median_rank, count
+    paper: dict[str, float]
+    train_pairs: int
+    validation_pairs: int
+    test_pairs: int
+    data_source: str
+    # MNIST-CDCB-like pairs only (iiae.evaluation.measures.MEASURE_KEYS)
+    translation_fidelity: dict[str, Any]
+    leakage: dict[str, Any]
+    measure_seconds: float
+    evaluated: Evaluated  # written by iiae evaluate into an existing metrics.json
+
+
+class SupervisedFacts(TypedDict):
+    """What the supervised zero-shot baseline reports about its training (no engine)."""
+
+    training_seconds: float
+    steps: int
+
+
+class ZeroShotRunMetrics(TrainingFacts, total=False):
+    """metrics.json of ``iiae zs-sbir train`` (IIAE; the supervised baseline writes the training facts of
+    :class:`SupervisedFacts` only)."""
+
+    experiment: str
+    method: str  # iiae or supervised
+    # "lambda": the run's loss.lambda_ (a Python keyword, so not declarable here; see ZERO_SHOT_EXTRA_KEYS)
+    seed: int
+    retrieval: dict[str, float]  # map_all, precision_at_K, map_at_K, queries, gallery
+    paper: dict[str, dict[str, float]]
+    seen_classes: int
+    unseen_classes: list[str]
+    source: str
+    train_sketches: int
+    train_photos: int
+    test_sketches: int
+    test_photos: int
+    feature_dim: int
+    feature_stage: dict[str, Any]
+    feature_extractor: str | None
+    run_dir: str
+    figure: str | None
+
+
+ZERO_SHOT_EXTRA_KEYS = frozenset({"lambda"})
+
+
+def keys_of(schema: type) -> frozenset[str]:
+    """Every key a metrics.json of ``schema`` may hold."""
+    keys = {key for klass in schema.__mro__ for key in getattr(klass, "__annotations__", {})}
+    return frozenset(keys | (ZERO_SHOT_EXTRA_KEYS if schema is ZeroShotRunMetrics else set()))
