@@ -78,28 +78,27 @@ def test_an_empty_test_split_is_refused_before_training(tmp_path, capsys):
     assert not out.exists()  # refused before training, not after it
 
 
-BROKEN_FIGURES = """
-import sys
-import iiae.runs.runner as runner
-def broken(*args, **kwargs):
-    raise RuntimeError("something the developers did not foresee")
-runner.save_figures = broken
-from iiae.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+def _train_with_a_fault(tmp_path: Path, attribute: str, raise_statement: str) -> tuple[Path, int, list[str], str]:
+    """A tiny run in a fresh process where ``iiae.runs.runner.<attribute>`` executes ``raise_statement``: (run
+    folder, exit status, the stderr lines of iiae, the whole stderr)."""
+    script = (f"import errno, sys\nimport iiae.runs.runner as runner\ndef fault(*args, **kwargs):\n"
+              f"    {raise_statement}\nrunner.{attribute} = fault\nfrom iiae.cli.main import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    data, out = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
+    process = start_cli(script, ["train", "--out", str(out), *tiny_args(data), "--steps", "2"])
+    _, stderr = process.communicate(timeout=300)
+    return out, process.returncode, [line for line in stderr.splitlines() if line.startswith("iiae")], stderr
 
 
 @pytest.mark.slow
 def test_an_unexpected_failure_is_one_line_and_a_saved_traceback(tmp_path):
-    data, out = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
-    process = start_cli(BROKEN_FIGURES, ["train", "--out", str(out), *tiny_args(data), "--steps", "2"])
-    _, stderr = process.communicate(timeout=300)
-    lines = [line for line in stderr.splitlines() if line.startswith("iiae")]
-    assert process.returncode == 1 and len(lines) == 1, stderr
+    out, status, lines, stderr = _train_with_a_fault(
+        tmp_path, "save_figures", 'raise RuntimeError("something the developers did not foresee")')
+    assert status == 1 and len(lines) == 1, stderr
     assert "RuntimeError: something the developers did not foresee" in lines[0] and str(out / ERROR_LOG) in lines[0]
     assert "Traceback" not in stderr  # the traceback is in the file, not on the screen
     saved = (out / ERROR_LOG).read_text()
-    assert "Traceback" in saved and "def broken" not in saved and "broken" in saved
+    assert "Traceback" in saved and "in fault" in saved and "save_figures" in saved  # where it failed
     assert (out / "checkpoints" / "last.ckpt").is_file()  # the trained state is kept: --resume finishes the run
     result = run_cli(["train", "--resume", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
@@ -174,24 +173,11 @@ def test_damaged_checkpoint_fields_are_skipped_or_named(tmp_path, capsys):
     assert not (tmp_path / "exported").exists()
 
 
-DISK_FULL_AT_METRICS = """
-import errno, sys
-import iiae.runs.runner as runner
-def full(path, values):
-    raise OSError(errno.ENOSPC, "No space left on device", str(path))
-runner.atomic_write_json = full
-from iiae.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file_and_the_run_continues(tmp_path):
-    data, out = tiny_idx_folder(tmp_path / "data"), tmp_path / "run"
-    process = start_cli(DISK_FULL_AT_METRICS, ["train", "--out", str(out), *tiny_args(data), "--steps", "2"])
-    _, stderr = process.communicate(timeout=300)
-    lines = [line for line in stderr.splitlines() if line.startswith("iiae")]
-    assert process.returncode == 2 and lines == [f"iiae: error: No space left on device: {out / 'metrics.json'}"]
+    out, status, lines, stderr = _train_with_a_fault(
+        tmp_path, "atomic_write_json", 'raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))')
+    assert status == 2 and lines == [f"iiae: error: No space left on device: {out / 'metrics.json'}"], stderr
     assert "Traceback" not in stderr and not (out / "metrics.json").exists()
     result = run_cli(["train", "--resume", str(out)])  # space freed: the run finishes
     assert result.returncode == 0, result.stderr[-2000:]
