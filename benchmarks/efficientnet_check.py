@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 import types
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import (
+    data_folder,  # this folder is on sys.path when a benchmark script runs
+)
 from torch.nn import functional as F
 
 from iiae.zsbir import efficientnet
@@ -95,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every number to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    root = args.data_root or (Path(os.environ["IIAE_SHARED_DATA"]) / "sketchy_subset_128"
-                              if "IIAE_SHARED_DATA" in os.environ else None)
-    if root is None or not (Path(root) / "photo").is_dir():
+    root = data_folder(args.data_root, "sketchy_subset_128")
+    if root is None or not (root / "photo").is_dir():
         print("efficientnet_check: no data; pass --data-root or set IIAE_SHARED_DATA", file=sys.stderr)
         return 2
     if not efficientnet.weights_available():

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import (
+    data_folder,  # this folder is on sys.path when a benchmark script runs
+)
 
 from iiae.zsbir import efficientnet
 from iiae.zsbir.feature_extractor import FeatureExtractor
@@ -79,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every number to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    root = args.data_root or (Path(os.environ["IIAE_SHARED_DATA"]) / "sketchy_subset_128"
-                              if "IIAE_SHARED_DATA" in os.environ else None)
-    if root is None or not Path(root).is_dir():
+    root = data_folder(args.data_root, "sketchy_subset_128")
+    if root is None:
         print("zs_features: no data; pass --data-root or set IIAE_SHARED_DATA", file=sys.stderr)
         return 2
     if not efficientnet.weights_available():

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shared_data import (
+    data_folder,  # this folder is on sys.path when a benchmark script runs
+)
 from zs_sbir_ablations import (
     features_only,  # this folder is on sys.path when a benchmark script runs
 )
@@ -155,12 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every number to this file")
     args = parser.parse_args(argv)
     _quiet(args.threads)
-    root = args.data_root or (Path(os.environ["IIAE_SHARED_DATA"]) / "sketchy_subset_128"
-                              if "IIAE_SHARED_DATA" in os.environ else None)
-    if not args.features and (root is None or not Path(root).is_dir()):
+    args.data_root = data_folder(args.data_root, "sketchy_subset_128")
+    if not args.features and args.data_root is None:
         print("zs_sbir_subset: no data; pass --data-root or set IIAE_SHARED_DATA", file=sys.stderr)
         return 2
-    args.data_root = Path(root) if root else None
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         splits = {unseen: run_split(args, unseen, pool) for unseen in args.unseen}
