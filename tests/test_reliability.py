@@ -200,3 +200,38 @@ def test_a_data_root_whose_name_is_not_utf8_reaches_the_report(tmp_path, capsys)
     from iiae.core.config import load_config
 
     assert load_config(out / "config.yaml").data.root == str(data)  # the config round-trips the name exactly
+
+
+@pytest.mark.parametrize("flags", [["--set", "model.image_size=1073741824"],
+                                   ["--set", "model.encoder_widths=[1000000000,1000000000]"],
+                                   ["--set", "model.image_size=4096", "--batch-size", "512"]])  # fmt: skip
+def test_absurd_sizes_are_refused_with_an_estimate_before_any_file(tmp_path, capsys, flags):
+    out = tmp_path / "run"
+    error = _error(capsys, ["train", "--out", str(out), "--accelerator", "cpu", *flags], "model")
+    assert ("GiB" in error and "parameters" in error) or "overflow" in error, error
+    assert not out.exists()
+
+
+def test_the_memory_estimate_counts_parameters_and_activations():
+    from iiae import IIAE, ModelConfig
+    from iiae.core.model import training_memory
+
+    config = ModelConfig()
+    parameters, needed = training_memory(config, 64)
+    assert parameters == sum(p.numel() for p in IIAE(config).parameters())
+    _, doubled = training_memory(config, 128)
+    assert needed > 16 * parameters and doubled - 16 * parameters == pytest.approx(2 * (needed - 16 * parameters))
+
+
+def test_model_files_with_impossible_sizes_are_one_line(tmp_path, capsys):
+    from iiae import IIAE, ModelConfig
+
+    folder = tmp_path / "model"
+    IIAE(ModelConfig(image_size=16, encoder_widths=[4], exclusive_widths=[4, 4], decoder_widths=[4],
+                     exclusive_dim=2, shared_channels=2)).save_pretrained(folder)  # fmt: skip
+    meta = json.loads((folder / "config.json").read_text())
+    meta["model"]["encoder_widths"] = [10**9, 10**9]
+    meta["model"]["decoder_widths"] = [4, 4]
+    meta["model"]["image_size"] = 64
+    (folder / "config.json").write_text(json.dumps(meta))
+    _error(capsys, ["evaluate", str(folder), "--no-measures"], str(folder / "config.json"), "impossible")

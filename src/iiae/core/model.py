@@ -72,6 +72,34 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
             raise CheckpointError(f"{source}: tensor {name} holds NaN or Inf values")
 
 
+def training_memory(config: ModelConfig, batch_size: int) -> tuple[int, int]:
+    """(parameters, bytes) one training step of ``config`` at ``batch_size`` needs, about: float32 weights,
+    gradients and Adam's two moments (16 bytes per parameter) and every layer's output kept for the backward
+    pass, twice (the outputs and their gradients). Measured by a forward pass on the meta device: nothing is
+    allocated. ConfigError when the sizes do not even fit PyTorch's size arithmetic."""
+    try:
+        with torch.device("meta"):
+            model = IIAE(config)
+            outputs: list[int] = []
+            for module in model.modules():
+                if not list(module.children()):
+                    module.register_forward_hook(
+                        lambda _module, _inputs, output: outputs.append(output.numel())
+                        if isinstance(output, torch.Tensor) else None
+                    )  # fmt: skip
+            if config.architecture == "mlp":
+                x = y = torch.empty(batch_size, config.input_dim)
+            else:
+                x = torch.empty(batch_size, config.x_channels, config.image_size, config.image_size)
+                y = torch.empty(batch_size, config.y_channels, config.image_size, config.image_size)
+            model(x, y, sample=False)
+    except RuntimeError as error:  # "Storage size calculation overflowed ...": sizes beyond any machine
+        raise ConfigError(f"the model's sizes overflow PyTorch's size arithmetic ({str(error).splitlines()[0]}); "
+                          "reduce model.image_size or the widths") from None  # fmt: skip
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return parameters, 16 * parameters + 2 * 4 * sum(outputs)
+
+
 @dataclass
 class IIAEOutput:
     """What one training forward pass produces: the posteriors and the two reconstructions."""
@@ -259,8 +287,12 @@ class IIAE(nn.Module):
             config.validate()
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ConfigError) as error:
             raise CheckpointError(f"{config_path} is not an iiae model config: {error}") from None
-        with torch.device("meta"):  # shapes only: an absurd config allocates nothing before the check below
-            model = cls(config)
+        try:
+            with torch.device("meta"):  # shapes only: an absurd config allocates nothing before the check below
+                model = cls(config)
+        except RuntimeError as error:  # sizes that overflow even PyTorch's size arithmetic
+            raise CheckpointError(f"{config_path}: the model's sizes are impossible ({str(error).splitlines()[0]})"
+                                  ) from None  # fmt: skip
         try:
             state = load_file(str(weights_path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as error:

@@ -108,8 +108,12 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def check_checkpoint_matches(checkpoint: dict[str, Any], config: ExperimentConfig, path: Path) -> None:
     """CheckpointError naming the first tensor whose name, shape or dtype the config's model does not have."""
-    with torch.device("meta"):
-        expected = IIAELightning(config.to_dict()).state_dict()
+    try:
+        with torch.device("meta"):
+            expected = IIAELightning(config.to_dict()).state_dict()
+    except RuntimeError as error:  # sizes that overflow even PyTorch's size arithmetic
+        raise CheckpointError(f"checkpoint {path}: its config's model sizes are impossible "
+                              f"({str(error).splitlines()[0]})") from None  # fmt: skip
     check_state_dict(checkpoint["state_dict"], expected, f"checkpoint {path}")
 
 

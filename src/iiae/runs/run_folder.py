@@ -22,6 +22,7 @@ from typing import Any
 
 from iiae.atomic import save_traceback
 from iiae.core.config import ExperimentConfig, load_config
+from iiae.core.model import training_memory
 from iiae.engine.checkpointing import checkpoint_files, newest_checkpoint
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
 from iiae.run_files import CHECKPOINTS, CONFIG, ERROR_LOG, LOCK, METRICS
@@ -104,6 +105,28 @@ class RunLock:
             (self.folder / LOCK).unlink(missing_ok=True)
             os.close(self._handle)  # releases the flock
             self._handle = -1
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: ExperimentConfig, accelerator_is_cpu: bool) -> None:
+    """ConfigError, before any file is written, when one training step of ``config`` needs more memory than
+    this machine has (checked for CPU training; a GPU's memory is Lightning's and CUDA's to report)."""
+    parameters, needed = training_memory(config.model, config.train.batch_size // config.train.devices)
+    available = physical_memory()
+    if accelerator_is_cpu and available is not None and needed * config.train.devices > available:
+        raise ConfigError(
+            f"one training step needs about {needed * config.train.devices / 2**30:.1f} GiB ({parameters:,} "
+            f"parameters, batch {config.train.batch_size}, {config.model.image_size}x{config.model.image_size} "
+            f"images) and this machine has {available / 2**30:.1f} GiB; reduce model.image_size, the widths or "
+            "train.batch_size"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- resuming

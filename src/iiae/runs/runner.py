@@ -68,6 +68,7 @@ from iiae.runs.metrics import ImageRunMetrics, TrainingFacts
 from iiae.runs.report import write_report
 from iiae.runs.run_folder import (
     RunLock,
+    check_memory,
     check_output_dir,
     default_run_dir,
     resumable_checkpoint,
@@ -103,6 +104,8 @@ def train_and_evaluate(
     """
     config.validate()
     check_accelerator(config.train.accelerator, config.train.devices)
+    accelerator = config.train.accelerator
+    check_memory(config, accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()))
     rank = process_rank(config.train.devices)
     if out_dir is None and rank > 0:  # Lightning's launcher re-runs the command: use process 0's folder
         if RUN_DIR_VARIABLE not in os.environ:
