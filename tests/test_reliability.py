@@ -235,3 +235,8 @@ def test_model_files_with_impossible_sizes_are_one_line(tmp_path, capsys):
     meta["model"]["image_size"] = 64
     (folder / "config.json").write_text(json.dumps(meta))
     _error(capsys, ["evaluate", str(folder), "--no-measures"], str(folder / "config.json"), "impossible")
+
+
+def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path, capsys):
+    folder = tmp_path / "odd\nname"
+    _error(capsys, ["evaluate", str(folder), "--no-measures"], "odd\\nname", "does not exist")

@@ -231,6 +231,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: a line break inside it (a file name may hold one) is shown as ``\\n``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _Stderr(logging.Handler):
     """The package's log records as plain lines on the current stderr (``iiae: ...``)."""
 
@@ -260,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iiae: {stop}", file=sys.stderr)
         return stop.exit_status
     except IIAEError as error:
-        print(f"iiae: error: {error}", file=sys.stderr)
+        print(f"iiae: error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("iiae: interrupted", file=sys.stderr)
         return 130
     except OSError as error:  # disk full, read-only, permission: the machine's, not a bug. Runs stay resumable
         where = f": {error.filename}" if error.filename else ""
-        print(f"iiae: error: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"iiae: error: {one_line(f'{error.strerror or error}{where}')}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - not a user mistake: a bug. One line; the traceback is kept
         saved = getattr(error, "iiae_error_log", None) or save_traceback(error)
