@@ -18,3 +18,14 @@ def test_loss_curves_from_csv_and_without_any_log(tmp_path):
     for name in ("curves.png", "empty.png"):
         with Image.open(tmp_path / name) as image:
             assert image.width == 1280  # 4 panels x 3.2 in x 100 dpi
+
+
+def test_importing_the_figures_leaves_matplotlibs_backend_alone():
+    """The figures use matplotlib's object API (Figure + the Agg canvas): a user's backend is never switched."""
+    import subprocess
+    import sys
+
+    script = ("import matplotlib; matplotlib.use('svg'); import iiae.evaluation.figures, iiae.runs.runner; "
+              "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1000:]

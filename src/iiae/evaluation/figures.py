@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from iiae.core.model import IIAE  # noqa: E402
+from iiae.core.model import IIAE
 
 LOSS_TERMS = ("loss", "l1_x", "l1_y", "mse_x", "mse_y", "nll_x", "nll_y", "kl_exclusive_x", "kl_exclusive_y",
               "kl_joint", "kl_joint_to_r_x", "kl_joint_to_r_y", "kl_detached_joint_to_r")  # those a run logged are drawn
@@ -60,12 +59,19 @@ def translation_rows(
     return rows
 
 
+def _figure(**options: Any) -> Figure:
+    """A matplotlib Figure drawn by the Agg canvas: matplotlib's object API, no global backend or pyplot state."""
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def save_image_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "") -> Path:
     """Save labelled rows of images (each [N, C, H, W] in [-1, 1]) as one PNG of (100 x columns + 160) by
     (100 x rows + 40) pixels: a 100-pixel cell per image, the labels on the left, the title on top."""
     columns = rows[0][1].shape[0]
     width, height = 100 * columns + 160, 100 * len(rows) + 40
-    figure = plt.figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
+    figure = _figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
     axis = figure.add_axes((150 / width, 10 / height, 100 * columns / width, 100 * len(rows) / height))
     axis.imshow(_mosaic([list(images) for _, images in rows]), interpolation="nearest", aspect="auto")
     axis.set_axis_off()
@@ -74,7 +80,6 @@ def save_image_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, titl
     if title:
         figure.text(0.5, 1 - 15 / height, title, ha="center", va="center", fontsize=10)
     figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
     return Path(path)
 
 
@@ -160,7 +165,7 @@ def save_panels(panels: list[tuple[str, list[list[torch.Tensor | None]]]], path:
     """Titled mosaics side by side in one PNG of exactly :func:`panel_figure_size` x FIGURE_DPI pixels."""
     shapes = [(len(cells), len(cells[0])) for _, cells in panels]
     width, height = panel_figure_size(shapes)
-    figure = plt.figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
+    figure = _figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
     left = GAP_PIXELS
     for (title, cells), (rows, columns) in zip(panels, shapes):
         bottom = height - TITLE_PIXELS - rows * CELL_PIXELS
@@ -171,7 +176,6 @@ def save_panels(panels: list[tuple[str, list[list[torch.Tensor | None]]]], path:
         axis.set_title(title, fontsize=8)
         left += columns * CELL_PIXELS + GAP_PIXELS
     figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
     return Path(path)
 
 
@@ -232,7 +236,8 @@ def save_loss_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     names = [name for name in LOSS_TERMS if name in series]
     columns = 4
     rows = max(1, -(-len(names) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    figure = _figure(figsize=(3.2 * columns, 2.4 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis, name in zip(axes.flat, names):
         steps, values = series[name]
         axis.plot(steps, values, linewidth=1)
@@ -247,5 +252,4 @@ def save_loss_curves(metrics_csv: str | Path, path: str | Path) -> Path:
         axes[0][0].text(0, 0.5, "no loss values were logged", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)
