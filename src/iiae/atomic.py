@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from iiae.run_files import ERROR_LOG
+
 
 def temporary_name(path: Path) -> Path:
     """A hidden name beside ``path``, unique to this process and call (``.<name>.<pid>-<random>.tmp``)."""
@@ -95,7 +97,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     _fsync_folder(path.parent)
 
 
-def save_traceback(error: BaseException, folder: str | Path | None = None, name: str = "error.log") -> Path | None:
+def save_traceback(error: BaseException, folder: str | Path | None = None, name: str = ERROR_LOG) -> Path | None:
     """Write ``error``'s traceback to ``folder/name`` (a new temporary file when ``folder`` is None); the path, or
     None when it cannot be written. For the one-line report of an unexpected failure (a bug)."""
     text = "".join(traceback.format_exception(error))

@@ -25,7 +25,7 @@ from iiae.core.config import ExperimentConfig, load_config
 from iiae.core.model import training_memory
 from iiae.engine.checkpointing import checkpoint_files, newest_checkpoint
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
-from iiae.run_files import CHECKPOINTS, CONFIG, ERROR_LOG, LOCK, METRICS
+from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, METRICS
 
 LOG = logging.getLogger("iiae.runs")
 
@@ -100,7 +100,7 @@ class RunLock:
 
     def __exit__(self, exc_type: Any = None, error: BaseException | None = None, *_: Any) -> None:
         if isinstance(error, Exception) and not isinstance(error, IIAEError):  # a bug: keep its traceback here
-            error.iiae_error_log = save_traceback(error, self.folder, ERROR_LOG)  # type: ignore[attr-defined]
+            error.iiae_error_log = save_traceback(error, self.folder)  # type: ignore[attr-defined]
         if self._handle >= 0:
             (self.folder / LOCK).unlink(missing_ok=True)
             os.close(self._handle)  # releases the flock
