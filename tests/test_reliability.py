@@ -240,3 +240,18 @@ def test_model_files_with_impossible_sizes_are_one_line(tmp_path, capsys):
 def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path, capsys):
     folder = tmp_path / "odd\nname"
     _error(capsys, ["evaluate", str(folder), "--no-measures"], "odd\\nname", "does not exist")
+
+
+@pytest.mark.slow
+def test_a_copied_run_keeps_its_older_step_checkpoints_until_they_rotate_out(tmp_path, capsys):
+    """Lightning does not restore the kept-file list when the folder moved; the run must rebuild it from disk."""
+    data, original, copy = tiny_idx_folder(tmp_path / "data"), tmp_path / "original", tmp_path / "copy"
+    # keep_checkpoints=2: step=3 and step=4 after four steps
+    assert main(["train", "--out", str(original), *tiny_args(data), "--steps", "4", "--set", "train.select_every=0"]) == 0
+    shutil.copytree(original, copy)
+    for run in (original, copy):
+        (run / "metrics.json").unlink()
+        assert main(["train", "--resume", str(run), "--steps", "5"]) == 0, capsys.readouterr().err
+    for run in (original, copy):
+        assert sorted(path.name for path in (run / "checkpoints").glob("step=*.ckpt")) == [
+            "step=00000004.ckpt", "step=00000005.ckpt"], run  # fmt: skip

@@ -271,14 +271,25 @@ class RunCheckpoint(ModelCheckpoint):
         except OSError as error:
             LOG.warning("iiae: warning: could not write the last checkpoint: %s", error)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        with warnings.catch_warnings():  # a moved or copied run: on_train_start rebuilds what is not restored
+            warnings.filterwarnings("ignore", ".*dirpath has changed.*")
+            super().load_state_dict(state_dict)
+
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """On resume: remove step files the run no longer tracks (a removal a kill interrupted; a moved folder)."""
+        """On resume: track the newest ``keep`` step files on disk and remove older ones.
+
+        The kept-file list is rebuilt from the folder rather than taken from the checkpoint: Lightning does not
+        restore it when the run folder was moved or copied (it would then forget, and delete, the older step
+        files at once), and a file a kill left unremoved, or one a user deleted, is seen as it is.
+        """
         super().on_train_start(trainer, pl_module)
         if trainer.ckpt_path is None or self.dirpath is None:
             return
+        self._track_step_files_on_disk(trainer.global_step)
         kept = {Path(path).resolve() for path in self.best_k_models} | {Path(trainer.ckpt_path).resolve()}
         for path in Path(self.dirpath).glob("step=*.ckpt"):
             match = STEP_CHECKPOINT.match(path.name)
@@ -286,6 +297,20 @@ class RunCheckpoint(ModelCheckpoint):
                 path.unlink(missing_ok=True)
         for leftover in Path(self.dirpath).glob(".*.tmp"):  # a write that a kill interrupted
             leftover.unlink(missing_ok=True)
+
+    def _track_step_files_on_disk(self, global_step: int) -> None:
+        """Set ModelCheckpoint's top-k state to the newest ``save_top_k`` step files up to ``global_step``."""
+        on_disk = []
+        for path in Path(self.dirpath).glob("step=*.ckpt"):
+            match = STEP_CHECKPOINT.match(path.name)
+            if match and int(match.group(1)) <= global_step:
+                on_disk.append((int(match.group(1)), path))
+        on_disk.sort(reverse=True)
+        kept = on_disk if self.save_top_k < 0 else on_disk[: self.save_top_k]
+        self.best_k_models = {str(path): torch.tensor(step) for step, path in kept}
+        if kept:  # "best" is the newest step (monitor="step", mode="max"); the k-th best is the oldest kept
+            self.best_model_path, self.best_model_score = str(kept[0][1]), torch.tensor(kept[0][0])
+            self.kth_best_model_path, self.kth_value = str(kept[-1][1]), torch.tensor(kept[-1][0])
 
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
