@@ -174,3 +174,7 @@ def test_a_redirected_log_gets_one_plain_line_per_log_every_steps(tmp_path):
     assert "steps/s" in progress[0] and "ETA" in progress[0] and "\r" not in result.stderr + result.stdout
     quiet = run_cli(["-q", "train", "--out", str(tmp_path / "quiet"), *[a for a in args if a != "--no-progress"]])
     assert quiet.returncode == 0 and "iiae: step" not in quiet.stderr
+    lightning_notes = ("GPU available", "litlogger", "`Trainer.fit` stopped")  # repeat what the run says itself
+    assert not [note for note in lightning_notes if note in result.stderr + quiet.stderr], result.stderr
+    verbose = run_cli(["-v", "train", "--out", str(tmp_path / "verbose"), *args])
+    assert verbose.returncode == 0 and "GPU available" in verbose.stderr

@@ -236,6 +236,9 @@ def one_line(message: str) -> str:
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+
+
 class _Stderr(logging.Handler):
     """The package's log records as plain lines on the current stderr (``iiae: ...``)."""
 
@@ -251,6 +254,12 @@ def configure_logging(verbosity: int) -> None:
     logger.addHandler(_Stderr())
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logger.propagate = False
+    # Lightning's own notes ("GPU available: False", its logger tip, "`Trainer.fit` stopped") repeat what the run
+    # says itself: shown with -v only; its warnings always.
+    import lightning.pytorch  # noqa: F401 - it sets its loggers' level when imported: import it first
+
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
