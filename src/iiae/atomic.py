@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from iiae.errors import OutputError
 from iiae.run_files import ERROR_LOG
 
 
@@ -54,11 +55,26 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        cause = _os_error_in(error)
+        if cause is not None and cause.filename is None:  # e.g. torch.save's RuntimeError over a full disk
+            raise OSError(cause.errno, cause.strerror, str(path)) from error
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """``error`` itself or the first OSError it was raised from or while handling (None: none)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -95,6 +111,25 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_folder(path.parent)
+
+
+
+def save_model_folder(path: str | Path, save: Callable[[Path], Any]) -> Path:
+    """``save(folder)`` into a staging folder renamed to ``path`` once complete; what an earlier attempt that did
+    not finish left at ``path`` (a run resumed after a full disk) is replaced."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    with atomic_folder(path) as staging:
+        try:
+            save(staging)
+        except OutputError as error:  # name the file the user will look for, not the staging folder (removed)
+            raise OutputError(str(error).replace(str(staging), str(path))) from None
+        except OSError as error:
+            if not isinstance(error.filename, str) or not error.filename.startswith(str(staging)):
+                raise
+            raise OSError(error.errno, error.strerror, error.filename.replace(str(staging), str(path), 1)) from None
+    return path
 
 
 def save_traceback(error: BaseException, folder: str | Path | None = None, name: str = ERROR_LOG) -> Path | None:

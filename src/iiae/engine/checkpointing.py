@@ -269,7 +269,10 @@ class RunCheckpoint(ModelCheckpoint):
         try:
             self.flush(trainer)  # the queued state is from before the failing step: still good
         except OSError as error:
-            LOG.warning("iiae: warning: could not write the last checkpoint: %s", error)
+            if isinstance(exception, OSError) and exception.errno == error.errno:  # the same failure: said once
+                LOG.debug("iiae: could not write the last checkpoint either: %s", error)
+            else:
+                LOG.warning("iiae: warning: could not write the last checkpoint: %s", error)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         with warnings.catch_warnings():  # a moved or copied run: on_train_start rebuilds what is not restored

@@ -11,6 +11,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from iiae.atomic import atomic_write
 from iiae.core.model import IIAE
 
 LOSS_TERMS = ("loss", "l1_x", "l1_y", "mse_x", "mse_y", "nll_x", "nll_y", "kl_exclusive_x", "kl_exclusive_y",
@@ -20,6 +21,11 @@ CELL_PIXELS = 60  # one image cell of the analogy and traversal figures
 GAP_PIXELS = 40  # margin left of, right of and between panels, and below them
 TITLE_PIXELS = 50  # band above the panels for their titles
 TRAVERSAL_VALUES = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # prior units: N(0, 1) spans about -2..2
+
+
+def save_png(figure: Figure, path: str | Path, dpi: float) -> Path:
+    """``figure`` as a PNG at ``path``, written atomically (a full disk leaves no half-written image)."""
+    return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=dpi))
 
 
 def _inches(pixels: float) -> float:
@@ -79,7 +85,7 @@ def save_image_grid(rows: list[tuple[str, torch.Tensor]], path: str | Path, titl
         figure.text(145 / width, 1 - (30 + 100 * index + 50) / height, label, ha="right", va="center", fontsize=8)
     if title:
         figure.text(0.5, 1 - 15 / height, title, ha="center", va="center", fontsize=10)
-    figure.savefig(path, dpi=FIGURE_DPI)
+    save_png(figure, path, dpi=FIGURE_DPI)
     return Path(path)
 
 
@@ -175,7 +181,7 @@ def save_panels(panels: list[tuple[str, list[list[torch.Tensor | None]]]], path:
         axis.set_axis_off()
         axis.set_title(title, fontsize=8)
         left += columns * CELL_PIXELS + GAP_PIXELS
-    figure.savefig(path, dpi=FIGURE_DPI)
+    save_png(figure, path, dpi=FIGURE_DPI)
     return Path(path)
 
 
@@ -251,5 +257,5 @@ def save_loss_curves(metrics_csv: str | Path, path: str | Path) -> Path:
     if not names:
         axes[0][0].text(0, 0.5, "no loss values were logged", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_png(figure, path, dpi=100)
     return Path(path)

@@ -12,6 +12,7 @@ File names: :mod:`iiae.run_files`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -99,12 +100,21 @@ class RunLock:
         return self
 
     def __exit__(self, exc_type: Any = None, error: BaseException | None = None, *_: Any) -> None:
-        if isinstance(error, Exception) and not isinstance(error, IIAEError):  # a bug: keep its traceback here
+        bug = isinstance(error, Exception) and not isinstance(error, IIAEError) and not machine_error(error)
+        if bug:  # keep its traceback in the run folder
             error.iiae_error_log = save_traceback(error, self.folder)  # type: ignore[attr-defined]
         if self._handle >= 0:
             (self.folder / LOCK).unlink(missing_ok=True)
             os.close(self._handle)  # releases the flock
             self._handle = -1
+
+
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def machine_error(error: BaseException) -> bool:
+    """A full disk, a read-only or forbidden folder: the machine's state, said in one line; no traceback kept."""
+    return isinstance(error, OSError) and error.errno in MACHINE_ERRNOS
 
 
 def physical_memory() -> int | None:

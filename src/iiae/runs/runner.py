@@ -34,7 +34,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from iiae.atomic import atomic_write_json
+from iiae.atomic import atomic_write_json, save_model_folder
 from iiae.core.config import ExperimentConfig, save_config
 from iiae.core.model import IIAE
 from iiae.data.datasets import build_splits
@@ -204,7 +204,7 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
 
     chosen = selected_model(module, selection, trainer.global_step)  # best.ckpt's weights, or the last ones
     model = module.model.cpu().eval()
-    model.save_pretrained(out_dir / MODEL_DIR)
+    save_model_folder(out_dir / MODEL_DIR, model.save_pretrained)
     save_loss_curves(out_dir / METRICS_LOG, out_dir / LOSS_CURVES_FIGURE)
     facts: TrainingFacts = {
         "training_seconds": round(training_seconds, 1),

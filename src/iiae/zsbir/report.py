@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from iiae.atomic import atomic_write_text
+from iiae.atomic import atomic_write, atomic_write_text
 from iiae.run_files import REPORT
 from iiae.runs.report import config_section
 from iiae.zsbir.config import ZSConfig
@@ -75,9 +75,7 @@ def save_retrieval_figure(sketch_codes: np.ndarray, photo_codes: np.ndarray, spl
                     CORRECT if split.test_image.classes[photo] == split.test_sketch.classes[query] else WRONG)
                    for photo in retrieved]
         canvas.paste(retrieval_row(Path(root) / split.test_sketch.paths[query], results), (0, r * TILE))
-    path = Path(path)
-    canvas.save(path)
-    return path
+    return atomic_write(path, lambda file: canvas.save(file, format="PNG"))
 
 
 def results_table(metrics: dict) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iiae.atomic import atomic_write_json
+from iiae.atomic import atomic_write_json, save_model_folder
 from iiae.core.config import ExperimentConfig, TrainConfig, save_config
 from iiae.core.model import IIAE
 from iiae.engine.distributed import check_accelerator
@@ -216,7 +216,7 @@ def finish_run(model: nn.Module, config: ZSConfig, split: ZeroShotSplit, info: d
     run's metrics.json contents (:class:`iiae.runs.metrics.ZeroShotRunMetrics`; ``facts``: what training
     reported)."""
     if extractor is not None:  # before metrics.json, which marks a complete run folder
-        extractor.save(out_dir / FEATURE_EXTRACTOR_DIR)
+        save_model_folder(out_dir / FEATURE_EXTRACTOR_DIR, extractor.save)
     sketch_codes, photo_codes = embed_test(model, split)
     metrics = {
         "experiment": config.name, "method": config.method, "lambda": config.loss.lambda_, "seed": config.train.seed,
