@@ -19,9 +19,11 @@ and from z^s, z^y low; digit colour from z^y high and from z^s, z^x low.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score
 
@@ -71,7 +73,9 @@ def fit_logistic(
     count = len(labels_np)
     c = 1.0 / (count * l2) if len(present) == 2 else 1.0 / (2.0 * count * l2)
     model = LogisticRegression(C=c, max_iter=LOGISTIC_MAX_ITERATIONS, tol=LOGISTIC_TOLERANCE)
-    model.fit(features_np, labels_np)
+    with warnings.catch_warnings():  # a probe stopped at the iteration cap is still a probe (as the torch one was)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(features_np, labels_np)
     coef, intercept = torch.from_numpy(model.coef_), torch.from_numpy(model.intercept_)
     if len(present) == 2:  # sklearn's binary model: the logit of the second class against the first
         coef, intercept = torch.cat([-coef / 2, coef / 2]), torch.cat([-intercept / 2, intercept / 2])
