@@ -138,9 +138,11 @@ def check_memory(config: ExperimentConfig, accelerator_is_cpu: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- resuming
-#: Keys that may differ between a run and its resumption: how long to train, where it runs, how data is read.
+#: Keys that may differ between a run and its resumption: how long to train, where it runs, how data is read,
+#: what logs it (TensorBoard added on resume is rebuilt from metrics.csv: iiae.engine.loggers).
 RESUMABLE_CHANGES = {
     "train.steps",
+    "train.loggers",
     "train.accelerator",
     "train.eval_batch_size",
     "train.skip_nonfinite_steps",
