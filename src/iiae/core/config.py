@@ -8,6 +8,7 @@ naming the file and the key, before anything is trained or written.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import types
@@ -218,6 +219,9 @@ class TrainConfig:
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"  # Lightning precision; bf16-mixed on GPUs
     channels_last: bool = True  # NHWC convolutions: 10 % (32x32) to 15 % (256x256) faster steps on CPU (oneDNN)
     compile: bool = False  # torch.compile the model before training (no gain measured on CPU)
+    # Loggers of the training curves, all in the run's logs/: "csv" (metrics.csv, read by the report and by
+    # --resume; always) and "tensorboard" (event files; needs pip install "iiae[tensorboard]").
+    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
 
     def validate(self) -> None:
         check_seeds("train", self, "seed")
@@ -241,6 +245,12 @@ class TrainConfig:
             )
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
             raise ConfigError(f"train.accelerator must be one of auto, cpu, gpu, cuda, mps; got {self.accelerator!r}")
+        if "csv" not in self.loggers or len(set(self.loggers)) < len(self.loggers):
+            raise ConfigError(f"train.loggers must hold 'csv' (logs/metrics.csv, which the report and --resume read) "
+                              f"and each logger once, got {self.loggers}")  # fmt: skip
+        if "tensorboard" in self.loggers and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("train.loggers lists 'tensorboard' but the tensorboard package is not installed: "
+                              "pip install 'iiae[tensorboard]'")  # fmt: skip
 
 
 @dataclass

@@ -8,17 +8,14 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import http.client
-import os
 import re
-import tempfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from iiae.data.fetch import fetch_file
 from iiae.data.idx import read_idx
 from iiae.errors import ConfigError, DataError, OutputError
 
@@ -68,7 +65,6 @@ RAW_MD5: dict[str, dict[str, str]] = {
     },
     "fashion_mnist": {},
 }
-DOWNLOAD_TIMEOUT_S = 30
 _DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 EMBEDDED_TRAIN_COUNT = 4000
@@ -228,35 +224,12 @@ def _checksum_matches(path: Path, dataset: str, role: str) -> bool:
     return raw_md5 is not None and _file_md5(path, decompress=True) == raw_md5
 
 
-def _fetch_verified(url: str, target: Path, dataset: str, role: str) -> str | None:
-    """Download ``url`` to a temporary file beside ``target``; rename it to ``target`` only if its md5 is right.
-
-    Returns None on success, else a one-line reason. The temporary file never outlives the call.
-    """
-    try:
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    except OSError as error:
-        raise OutputError(f"cannot write into download folder {target.parent}: {error.strerror or error}") from error
-    temp_path = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as temp_file, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as reply:
-            while chunk := reply.read(_DOWNLOAD_CHUNK_BYTES):
-                temp_file.write(chunk)
-        if not _checksum_matches(temp_path, dataset, role):
-            return f"{url}: md5 checksum mismatch (expected {GZ_MD5[dataset][role]})"
-        os.replace(temp_path, target)
-        return None
-    except (OSError, http.client.HTTPException) as error:
-        return f"{url}: {type(error).__name__}: {error}"
-    finally:
-        temp_path.unlink(missing_ok=True)
-
-
 def download_idx_files(folder: Path, dataset: str) -> dict[str, Path]:
     """Make sure the four verified ``.gz`` IDX files of ``dataset`` are in ``folder``; return their paths.
 
-    Files already present with the right checksum are kept; the others are fetched from
-    :data:`DOWNLOAD_MIRRORS` in turn. Raises a one-line DataError telling how to fetch them by hand.
+    Files already present with the right checksum (of the ``.gz`` file or of its content) are kept; the others
+    are fetched from :data:`DOWNLOAD_MIRRORS` in turn by :func:`iiae.data.fetch.fetch_file` (pooch, with retries;
+    the published ``.gz`` md5 pinned). Raises a one-line DataError telling how to fetch them by hand.
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -270,11 +243,13 @@ def download_idx_files(folder: Path, dataset: str) -> dict[str, Path]:
             verified.add(role)
             continue
         for mirror in DOWNLOAD_MIRRORS[dataset]:
-            reason = _fetch_verified(f"{mirror}{target.name}", target, dataset, role)
-            if reason is None:
-                verified.add(role)
-                break
-            failures.append(reason)
+            try:
+                fetch_file(f"{mirror}{target.name}", target, f"md5:{GZ_MD5[dataset][role]}")
+            except DataError as error:
+                failures.append(str(error))
+                continue
+            verified.add(role)
+            break
         if role not in verified:
             break  # the other files would most likely fail the same way: do not wait for every timeout
     if len(verified) < len(paths):

@@ -9,7 +9,8 @@ MNIST-CDCB, a linear probe is fitted on the codes of one set of pairs and scored
 
 Features are standardised with the fit set's mean and standard deviation. The L2 strength of each probe is
 chosen on a held-out fifth of the fit set (seeded split) from a small grid, then the probe is refitted on the
-whole fit set. Everything is torch (float64 for ridge), deterministic, and needs no extra dependency.
+whole fit set. The solvers are scikit-learn's (:class:`~sklearn.linear_model.LogisticRegression` with L-BFGS,
+:class:`~sklearn.linear_model.Ridge` in float64); the codes, splits and scores stay torch tensors.
 
 The disentangled pattern: class from z^s high and from z^x, z^y near chance; background colour from z^x high
 and from z^s, z^y low; digit colour from z^y high and from z^s, z^x low.
@@ -18,9 +19,13 @@ and from z^s, z^y low; digit colour from z^y high and from z^s, z^x low.
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import torch
-from torch.nn.functional import cross_entropy
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import r2_score
 
 from iiae.data import PairedImages
 from iiae.evaluation.retrieval import PairCodes
@@ -30,7 +35,8 @@ LOGISTIC_L2_GRID = (1e-4, 1e-2)  # penalty on the mean cross-entropy: l2 * |W|^2
 RIDGE_ALPHA_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # penalty on the summed squared error: alpha * |W|^2
 VALIDATION_FRACTION = 0.2
 MIN_PAIRS_FOR_SELECTION = 10  # fewer fit pairs: no validation split, the strongest regularisation of the grid
-LOGISTIC_MAX_ITERATIONS = 100
+LOGISTIC_MAX_ITERATIONS = 1000
+LOGISTIC_TOLERANCE = 1e-6  # L-BFGS stops when the projected gradient is below this
 #: factor -> (kind of probe, codes in which a disentangled model keeps it)
 FACTORS = {
     "digit_class": ("classification", ("shared_x", "shared_y")),
@@ -50,23 +56,32 @@ def standardise(fit: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, t
 def fit_logistic(
     features: torch.Tensor, labels: torch.Tensor, class_count: int, l2: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights [D, K] and bias [K] minimising mean cross-entropy + l2·|W|², by L-BFGS from zero."""
-    features = features.float()
-    weight = torch.zeros(features.shape[1], class_count, requires_grad=True)
-    bias = torch.zeros(class_count, requires_grad=True)
-    optimiser = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=LOGISTIC_MAX_ITERATIONS, line_search_fn="strong_wolfe"
-    )
+    """Weights [D, K] and bias [K] minimising mean cross-entropy + l2·|W|² (bias not penalised).
 
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        loss = cross_entropy(features @ weight + bias, labels) + l2 * weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimiser.step(closure)
-    return weight.detach(), bias.detach()
+    scikit-learn's :class:`~sklearn.linear_model.LogisticRegression` (L-BFGS) minimises C·Σ cross-entropy
+    + ½|W|², the same objective with C = 1 / (2·N·l2); with two classes it fits one weight vector w of the logit
+    difference, whose softmax form is W = [−w/2, w/2] at penalty l2·|W|² = (l2/2)·|w|², so C = 1 / (N·l2).
+    Classes absent from the fit set get bias −inf: they are never predicted.
+    """
+    features_np, labels_np = features.double().numpy(), labels.long().numpy()
+    present = np.unique(labels_np)
+    weight = torch.zeros(features.shape[1], class_count, dtype=torch.float64)
+    bias = torch.full((class_count,), float("-inf"), dtype=torch.float64)
+    if len(present) == 1:  # one class: it is always the answer
+        bias[int(present[0])] = 0.0
+        return weight.float(), bias.float()
+    count = len(labels_np)
+    c = 1.0 / (count * l2) if len(present) == 2 else 1.0 / (2.0 * count * l2)
+    model = LogisticRegression(C=c, max_iter=LOGISTIC_MAX_ITERATIONS, tol=LOGISTIC_TOLERANCE)
+    with warnings.catch_warnings():  # a probe stopped at the iteration cap is still a probe (as the torch one was)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(features_np, labels_np)
+    coef, intercept = torch.from_numpy(model.coef_), torch.from_numpy(model.intercept_)
+    if len(present) == 2:  # sklearn's binary model: the logit of the second class against the first
+        coef, intercept = torch.cat([-coef / 2, coef / 2]), torch.cat([-intercept / 2, intercept / 2])
+    columns = torch.from_numpy(present)
+    weight[:, columns], bias[columns] = coef.T, intercept
+    return weight.float(), bias.float()
 
 
 def logistic_accuracy(
@@ -80,33 +95,31 @@ def logistic_accuracy(
 
 # --------------------------------------------------------------------------------------------- ridge probe
 def ridge_solutions(features: torch.Tensor, targets: torch.Tensor, alphas: tuple[float, ...]) -> list[torch.Tensor]:
-    """Ridge weights [D, T] for centred features [N, D] and centred targets [N, T], one per alpha.
-
-    One eigendecomposition serves every alpha: of XᵀX (D×D) when D ≤ N, else of the Gram matrix XXᵀ (N×N),
-    with W = Xᵀ U (S + α)⁻¹ Uᵀ T, so an 8,192-d code costs no more than the number of pairs allows.
-    """
-    features, targets = features.double(), targets.double()
-    if features.shape[1] <= features.shape[0]:
-        eigenvalues, eigenvectors = torch.linalg.eigh(features.T @ features)
-        projected = eigenvectors.T @ (features.T @ targets)
-        return [eigenvectors @ (projected / (eigenvalues + alpha)[:, None]) for alpha in alphas]
-    eigenvalues, eigenvectors = torch.linalg.eigh(features @ features.T)
-    projected = eigenvectors.T @ targets
-    return [features.T @ (eigenvectors @ (projected / (eigenvalues + alpha)[:, None])) for alpha in alphas]
+    """Ridge weights [D, T] (float64) for centred features [N, D] and centred targets [N, T], one per alpha:
+    argmin |T − XW|² + α|W|², by scikit-learn's :class:`~sklearn.linear_model.Ridge` without intercept (it solves
+    the N×N dual system when D > N, so an 8,192-d code costs no more than the number of pairs allows)."""
+    features_np, targets_np = features.double().numpy(), targets.double().numpy()
+    solutions = []
+    for alpha in alphas:
+        model = Ridge(alpha=alpha, fit_intercept=False).fit(features_np, targets_np)
+        solutions.append(torch.from_numpy(np.atleast_2d(model.coef_)).T.contiguous())
+    return solutions
 
 
 def r_squared(predicted: torch.Tensor, targets: torch.Tensor) -> float:
-    """1 − SSE / SST over all outputs pooled, SST around the targets' own mean."""
-    targets, predicted = targets.double(), predicted.double()
-    total = (targets - targets.mean(dim=0)).square().sum()
-    return float(1.0 - (targets - predicted).square().sum() / total) if total > 0 else float("nan")
+    """1 − SSE / SST over all outputs pooled, SST around the targets' own mean (scikit-learn's ``r2_score`` with
+    ``multioutput="variance_weighted"``); NaN for constant targets."""
+    targets_np, predicted_np = targets.double().numpy(), predicted.double().numpy()
+    if not np.any(targets_np != targets_np[:1]):
+        return float("nan")
+    return float(r2_score(targets_np, predicted_np, multioutput="variance_weighted"))
 
 
 def ridge_r_squared(
     fit: torch.Tensor, fit_targets: torch.Tensor, score: torch.Tensor, score_targets: torch.Tensor,
     alphas: tuple[float, ...],
 ) -> list[float]:  # fmt: skip
-    """Held-out R² of a ridge probe (with intercept) for each alpha."""
+    """Held-out R² of a ridge probe (with intercept: both sides centred with the fit set's means) for each alpha."""
     target_mean = fit_targets.double().mean(dim=0)
     fit_mean = fit.double().mean(dim=0)
     weights = ridge_solutions(fit.double() - fit_mean, fit_targets.double() - target_mean, alphas)

@@ -2,7 +2,8 @@
 
 - :func:`default_run_dir`, :func:`check_output_dir`: a new run's folder, refused before any work if it holds files
   or cannot be written;
-- :class:`RunLock`: while a process writes a run folder it holds ``.iiae.lock``, so two runs never mix;
+- :class:`RunLock`: while a process writes a run folder it holds a file lock on ``.iiae.lock`` (the ``filelock``
+  package), so two runs never mix;
 - :func:`find_run_to_resume`, :func:`check_resume_config`, :func:`resumable_checkpoint`: the policy of
   ``iiae train --resume`` (which folder, which config changes are allowed, which checkpoint); the mechanism
   that makes a resumed run exact is :mod:`iiae.engine.resume` and :mod:`iiae.engine.checkpointing`.
@@ -12,14 +13,16 @@ File names: :mod:`iiae.run_files`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import logging
 import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from iiae.atomic import save_traceback
 from iiae.core.config import ExperimentConfig, load_config
@@ -60,41 +63,43 @@ def check_output_dir(out_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ run lock
 class RunLock:
-    """An exclusive ``flock`` on ``<run>/.iiae.lock``: a second run (or resume) on the same folder refuses.
+    """An exclusive :class:`filelock.FileLock` on ``<run>/.iiae.lock``: a second run (or resume) on the same
+    folder refuses at once, on every OS.
 
-    The lock dies with its process (even on SIGKILL), so a crashed run never blocks its own resumption.
+    The lock is the operating system's (``flock`` on Unix, ``LockFileEx`` on Windows), so it dies with its process
+    (even on SIGKILL) and a crashed run never blocks its own resumption. The holder removes the lock file while
+    it still holds the lock, so a finished run leaves none; a process that took the lock of a file removed that way
+    sees the name gone and locks the new file instead.
     ``new_run``: create the folder and refuse it if it holds anything but the lock file.
     """
 
     def __init__(self, folder: Path, new_run: bool) -> None:
-        self.folder, self.new_run, self._handle = Path(folder), new_run, -1
+        self.folder, self.new_run = Path(folder), new_run
+        self._lock: FileLock | None = None
 
     def __enter__(self) -> RunLock:
+        path = self.folder / LOCK
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / LOCK
-            while True:
-                handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            for _ in range(100):
+                lock = FileLock(str(path))
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    owner = os.read(handle, 64).decode(errors="replace").strip() or "unknown"
-                    os.close(handle)
+                    lock.acquire(timeout=0)  # one attempt: a run in use is refused, never waited for
+                except Timeout:
                     raise OutputError(
-                        f"run folder {self.folder} is in use by another iiae run (pid {owner}); "
-                        "wait for it or choose another folder"
+                        f"run folder {self.folder} is in use by another iiae run; wait for it or choose another folder"
                     ) from None
-                if os.path.exists(path) and os.stat(path).st_ino == os.fstat(handle).st_ino:
+                if path.exists():
                     break
-                os.close(handle)  # the previous holder removed the file while we waited: lock the new one
+                lock.release()  # the previous holder removed the file as we took it: lock the new one
+            else:
+                raise OutputError(f"cannot lock run folder {self.folder}: its lock file keeps disappearing")
+        except OutputError:
+            raise
         except OSError as error:
-            if isinstance(error, OutputError):
-                raise
             raise OutputError(f"cannot lock run folder {self.folder}: {error.strerror or error}") from None
-        self._handle = handle
-        os.ftruncate(handle, 0)
-        os.write(handle, str(os.getpid()).encode())
-        if self.new_run and any(path.name != LOCK for path in self.folder.iterdir()):
+        self._lock = lock
+        if self.new_run and any(entry.name != LOCK for entry in self.folder.iterdir()):
             self.__exit__()
             raise OutputError(f"output folder {self.folder} is not empty; choose a new --out (runs are never mixed)")
         return self
@@ -103,10 +108,13 @@ class RunLock:
         bug = isinstance(error, Exception) and not isinstance(error, IIAEError) and not machine_error(error)
         if bug:  # keep its traceback in the run folder
             error.iiae_error_log = save_traceback(error, self.folder)  # type: ignore[attr-defined]
-        if self._handle >= 0:
-            (self.folder / LOCK).unlink(missing_ok=True)
-            os.close(self._handle)  # releases the flock
-            self._handle = -1
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            # Removed while held, so never another process's new lock file. Windows refuses to remove an open
+            # file; filelock removes it there on release.
+            with contextlib.suppress(OSError):
+                (self.folder / LOCK).unlink(missing_ok=True)
+            lock.release()
 
 
 MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
@@ -140,9 +148,11 @@ def check_memory(config: ExperimentConfig, accelerator_is_cpu: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- resuming
-#: Keys that may differ between a run and its resumption: how long to train, where it runs, how data is read.
+#: Keys that may differ between a run and its resumption: how long to train, where it runs, how data is read,
+#: what logs it (TensorBoard added on resume is rebuilt from metrics.csv: iiae.engine.loggers).
 RESUMABLE_CHANGES = {
     "train.steps",
+    "train.loggers",
     "train.accelerator",
     "train.eval_batch_size",
     "train.skip_nonfinite_steps",

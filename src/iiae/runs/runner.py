@@ -32,7 +32,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
 from iiae.atomic import atomic_write_json, save_model_folder
 from iiae.core.config import ExperimentConfig, save_config
@@ -47,8 +46,9 @@ from iiae.engine.distributed import (
     process_rank,
 )
 from iiae.engine.guards import GracefulStop, NonFiniteGuard
+from iiae.engine.loggers import run_loggers
 from iiae.engine.progress import PlainProgress
-from iiae.engine.resume import ContinuingCSVLogger, trim_metrics_log
+from iiae.engine.resume import trim_metrics_log
 from iiae.engine.selection import RetrievalSelection, selected_model
 from iiae.engine.training import IIAELightning, PairedDataModule, apply_speed_switches
 from iiae.errors import OutputError
@@ -58,7 +58,6 @@ from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from iiae.run_files import (
     CHECKPOINTS,
     CONFIG,
-    LOGS_DIR,
     LOSS_CURVES_FIGURE,
     METRICS,
     METRICS_LOG,
@@ -179,7 +178,7 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
         strategy=train.strategy,  # auto: DDP when processes > 1
         precision=train.precision,
         use_distributed_sampler=False,  # ResumableDataLoader shards the epoch itself (iiae.engine.resume)
-        logger=(ContinuingCSVLogger if checkpoint_path else CSVLogger)(out_dir, name="", version=LOGS_DIR),
+        logger=run_loggers(train.loggers, out_dir, resuming=checkpoint_path is not None, writer=writer),  # in logs/
         # Lightning runs checkpoint callbacks last (RunCheckpoint.setup asserts it): step t's checkpoint holds the
         # stop request and the selection record of step t
         callbacks=[stop, guard, selection, *([PlainProgress(train.log_every)] if plain_progress else []), checkpoint],
