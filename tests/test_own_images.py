@@ -22,7 +22,12 @@ from iiae.errors import DataError
 from iiae.evaluation.figures import retrieval_panel_size
 from iiae.evaluation.retrieval import rank_by_distance, reference_partner_ranks
 from iiae.runs import own_images
-from iiae.runs.own_images import encode_shared, model_fingerprint, retrieve_images, translate_images
+from iiae.runs.own_images import (
+    encode_shared,
+    model_fingerprint,
+    retrieve_images,
+    translate_images,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -167,7 +167,7 @@ _DATA_SET_FLAGS = ("config", "data_source", "data_root", "set", "steps", "batch_
 
 def _translate_images(args: argparse.Namespace) -> int:
     """``iiae translate MODEL --images FILE ... --direction x-to-y|y-to-x``: one PNG per file (iiae.runs.own_images)."""
-    from iiae.runs.own_images import check_direction, translate_images
+    from iiae.runs.own_images import translate_images
     from iiae.runs.trained import load_trained
 
     given = [name for name in _DATA_SET_FLAGS if getattr(args, name) is not None] + (["swap"] if args.swap else [])
@@ -176,7 +176,6 @@ def _translate_images(args: argparse.Namespace) -> int:
         raise ConfigError(f"{flag} applies to the data set figures; --images translates the files given")
     if args.direction is None:
         raise ConfigError("--images needs --direction x-to-y or y-to-x (the domain of the files, and the target)")
-    check_direction(args.direction)
     trained = load_trained(args.model)
     paths = translate_images(trained.model, args.images, args.direction, args.out,
                              seed=args.seed or 0, style=args.style)  # fmt: skip
