@@ -150,3 +150,26 @@ def test_translate_into_a_file_is_refused(run, tmp_path, capsys):
     a_file = tmp_path / "grid.png"
     a_file.write_bytes(b"")
     _expect_error(capsys, ["translate", str(out), "--out", str(a_file)], "expected a folder")
+
+
+def test_own_files_with_a_run_folder_and_its_checkpoints(run, tmp_path, capsys):
+    """``translate --images`` and ``retrieve`` take what evaluate takes; the run's model/ and its best.ckpt hold the
+    same weights, so the second retrieval reads the first one's cached gallery codes."""
+    out, _ = run
+    pairs = tmp_path / "pairs"
+    assert main(["data", "export", "mnist-cdcb", "--format", "folders", "--out", str(pairs), "--size", "16",
+                 "--limit", "6"]) == 0  # fmt: skip
+    queries = sorted((pairs / "test" / "X").iterdir())[:2]
+    target = tmp_path / "translated"
+    assert main(["translate", str(out / "checkpoints" / "last.ckpt"), "--images", *map(str, queries),
+                 "--direction", "x-to-y", "--out", str(target)]) == 0  # fmt: skip
+    assert sorted(path.name for path in target.iterdir()) == [f"{path.stem}_to_y.png" for path in queries]
+    argv = ["--query", str(queries[0]), "--gallery", str(pairs / "test" / "Y"), "--top", "3", "--out",
+            str(tmp_path / "panel.png"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(["retrieve", str(out), *argv]) == 0
+    first = capsys.readouterr().out
+    assert main(["retrieve", str(out / "checkpoints" / "best.ckpt"), *argv]) == 0
+    second = capsys.readouterr().out
+    assert "gallery codes: encoding 6 images" in first and "gallery codes: cached" in second
+    ranking = [line for line in first.splitlines() if line.startswith("   ")]
+    assert len(ranking) == 3 and ranking == [line for line in second.splitlines() if line.startswith("   ")]

@@ -16,8 +16,8 @@ from test_zs_end_to_end import tiny_config
 from tiny_runs import expect_error
 
 from iiae.cli.main import main
+from iiae.evaluation.figures import retrieval_panel_size
 from iiae.zsbir.feature_extractor import FeatureExtractor
-from iiae.zsbir.report import GAP, TILE
 from iiae.zsbir.train import load_model
 
 RESULT = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d{4})\s+(\S.*)$")
@@ -87,7 +87,7 @@ def test_retrieve_ranks_like_the_run_draws_a_panel_and_embeds_the_gallery_once(t
     assert_same_ranking(printed, expected, 5)
     assert f"wrote {panel}" in out
     with Image.open(panel) as image:
-        assert image.size == (TILE * 6 + GAP, TILE)
+        assert image.size == retrieval_panel_size(5)
     assert len(list(cache.glob("gallery-*.npz"))) == 1 and not list(cache.glob("*tmp*"))
 
     calls.clear()
@@ -112,7 +112,7 @@ def test_photo_query_against_sketches_returns_the_whole_gallery_when_top_exceeds
     assert len(printed) == 18
     assert_same_ranking(printed, expected_ranking(run, query, images(gallery, ".png"), "photo"), 50)
     with Image.open(tmp_path / "retrieval.png") as image:
-        assert image.size == (TILE * 19 + GAP, TILE)
+        assert image.size == retrieval_panel_size(18)
 
 
 def test_bad_inputs_give_one_line_and_write_nothing(tiny_run, tmp_path, capsys):

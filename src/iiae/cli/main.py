@@ -5,6 +5,8 @@
     iiae evaluate runs/<run>                # retrieval (+ MNIST-CDCB measures) of a trained model -> metrics.json
     iiae evaluate runs/<run>/checkpoints/best.ckpt --json best.json
     iiae translate runs/<run> --out figures/  # translation.png, analogy.png, traversal.png
+    iiae translate runs/<run> --images a.png b.jpg --direction x-to-y --out out/   # out/a_to_y.png, out/b_to_y.png
+    iiae retrieve runs/<run> --query a.png --gallery photos/ --top 5 --out panel.png
 
 User mistakes print one line ``iiae: error: ...`` on stderr and exit with status 2; an unexpected failure (a bug)
 prints one line naming the file that holds its traceback (``error.log`` in the run folder during a run) and exits
@@ -21,8 +23,13 @@ from typing import NoReturn
 
 from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
+from iiae.data.paired_images import IMAGE_SUFFIXES
 from iiae.errors import ConfigError, IIAEError, RunInterrupted
 from iiae.version import __version__
+from iiae.zsbir.cli import (  # iiae zs-sbir train|evaluate|retrieve
+    add_retrieve_flags,
+    add_zs_sbir_parser,
+)
 
 
 def _command_train(args: argparse.Namespace) -> int:
@@ -135,18 +142,60 @@ def _command_translate(args: argparse.Namespace) -> int:
     from iiae.errors import OutputError
     from iiae.evaluation.figures import save_figures
 
+    if args.images is not None:
+        return _translate_images(args)
+    if args.direction is not None or args.style is not None:
+        raise ConfigError("--direction and --style translate image files: give them with --images FILE ...")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; expected a folder for translation.png, analogy.png, traversal.png")
-    if args.count < 1:
-        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    count = 8 if args.count is None else args.count
+    if count < 1:
+        raise ConfigError(f"--count must be >= 1, got {count}")
     trained, splits, _ = _trained_and_test_pairs(args)
-    x, y = splits.test.x[: args.count], splits.test.y[: args.count]
+    x, y = splits.test.x[:count], splits.test.y[:count]
     try:
         paths = save_figures(trained.model, x, y, out, seed=args.seed or 0)
     except OSError as error:
         raise OutputError(f"cannot write figures into {out}: {error.strerror or error}") from None
     print("wrote " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+_DATA_SET_FLAGS = ("config", "data_source", "data_root", "set", "steps", "batch_size", "accelerator", "count")
+
+
+def _translate_images(args: argparse.Namespace) -> int:
+    """``iiae translate MODEL --images FILE ... --direction x-to-y|y-to-x``: one PNG per file (iiae.runs.own_images)."""
+    from iiae.runs.own_images import translate_images
+    from iiae.runs.trained import load_trained
+
+    given = [name for name in _DATA_SET_FLAGS if getattr(args, name) is not None] + (["swap"] if args.swap else [])
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ConfigError(f"{flag} applies to the data set figures; --images translates the files given")
+    if args.direction is None:
+        raise ConfigError("--images needs --direction x-to-y or y-to-x (the domain of the files, and the target)")
+    trained = load_trained(args.model)
+    paths = translate_images(trained.model, args.images, args.direction, args.out,
+                             seed=args.seed or 0, style=args.style)  # fmt: skip
+    target = args.direction[-1]
+    code = f"z^{target} of {args.style}" if args.style else f"z^{target} from the prior, seed {args.seed or 0}"
+    print(f"wrote {len(paths)} image(s) ({code}): " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+def _command_retrieve(args: argparse.Namespace) -> int:
+    from iiae.runs.own_images import check_retrieval_arguments, retrieve_images
+    from iiae.runs.trained import load_trained
+
+    check_retrieval_arguments(args.top, args.query_domain, args.out)  # before the model is loaded
+    trained = load_trained(args.model)
+    result = retrieve_images(trained.model, args.query, args.gallery, top=args.top, query_domain=args.query_domain,
+                             out=args.out, cache_dir=args.cache_dir)  # fmt: skip
+    print("\n".join(result.lines()))
+    print(f"wrote {result.panel} (the query, then the {len(result.matches)} nearest of {result.gallery_size}; "
+          f"{result.measure} of the shared codes)")  # fmt: skip
     return 0
 
 
@@ -207,19 +256,29 @@ def make_parser() -> argparse.ArgumentParser:
     translate = commands.add_parser("translate", help="translation, analogy and traversal PNGs of a trained model")
     translate.add_argument("model", help="run folder, model folder or checkpoint file (.ckpt)")
     _add_config_flags(translate)
-    translate.add_argument("--out", default=".", help="folder for translation.png, analogy.png, traversal.png [.]")
-    translate.add_argument("--count", type=int, default=8, help="test pairs in the translation grid")
+    translate.add_argument("--out", default=".", help="folder for translation.png, analogy.png, traversal.png, or "
+                           "for the translated --images [.]")  # fmt: skip
+    translate.add_argument("--count", type=int, help="test pairs in the translation grid [8]")
+    translate.add_argument("--images", nargs="+", metavar="FILE", help="translate these image files instead (any "
+                           "size and mode): one PNG each, FILE_to_y.png or FILE_to_x.png in --out")  # fmt: skip
+    translate.add_argument("--direction", choices=["x-to-y", "y-to-x"], help="with --images: x-to-y (the files "
+                           "are of domain X) or y-to-x")  # fmt: skip
+    translate.add_argument("--style", metavar="IMAGE", help="with --images: take the target domain's exclusive code "
+                           "from this image of the target domain [drawn from the prior, seeded by --seed]")  # fmt: skip
     translate.set_defaults(handler=_command_translate)
+
+    retrieve = commands.add_parser("retrieve", help="rank a folder of images for one image of your own by shared "
+                                   "codes; prints the ranking, writes a PNG panel")  # fmt: skip
+    retrieve.add_argument("model", help="run folder, model folder or checkpoint file (.ckpt)")
+    add_retrieve_flags(retrieve, ("x", "y"), ", ".join(IMAGE_SUFFIXES), "gallery code cache folder "
+                       "[$IIAE_CACHE_DIR/gallery_codes]")  # fmt: skip
+    retrieve.set_defaults(handler=_command_retrieve)
 
     export = commands.add_parser("export", help="write a run's model as safetensors + JSON (loads without pickle)")
     export.add_argument("run", help="run folder (its selected model, else its newest checkpoint) or .ckpt file")
     export.add_argument("--last", action="store_true", help="export the run's newest checkpoint, not the selected one")
     export.add_argument("--out", required=True, help="model folder to create (must not hold files)")
     export.set_defaults(handler=_command_export)
-
-    from iiae.zsbir.cli import (
-        add_zs_sbir_parser,  # iiae zs-sbir train|evaluate (zero-shot sketch retrieval)
-    )
 
     add_zs_sbir_parser(commands)
 

@@ -28,7 +28,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _pil(array: np.ndarray) -> Image.Image:
+def to_pil_image(array: np.ndarray) -> Image.Image:
+    """A uint8 ``[H, W, C]`` array as a PIL image: L for one channel, RGB for three."""
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
@@ -43,10 +44,10 @@ def export_pairs(x: torch.Tensor, y: torch.Tensor, folder: str | Path, layout: s
             for offset, (image_x, image_y) in enumerate(zip(xs, ys)):
                 name = f"{first + start + offset}.png"
                 if layout == "ab":
-                    _pil(np.concatenate([image_x, image_y], axis=1)).save(folder / name)
+                    to_pil_image(np.concatenate([image_x, image_y], axis=1)).save(folder / name)
                 else:
-                    _pil(image_x).save(folder / "X" / name)
-                    _pil(image_y).save(folder / "Y" / name)
+                    to_pil_image(image_x).save(folder / "X" / name)
+                    to_pil_image(image_y).save(folder / "Y" / name)
     except OSError as error:
         raise OutputError(f"cannot write exported images into {folder}: {error.strerror or error}") from None
     return len(x)

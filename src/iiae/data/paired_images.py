@@ -67,7 +67,8 @@ def sorted_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.name)
 
 
-def _mode(channels: int) -> str:
+def image_mode(channels: int) -> str:
+    """The PIL mode of images with ``channels`` channels: L (1) or RGB (3)."""
     return "L" if channels == 1 else "RGB"
 
 
@@ -107,6 +108,28 @@ def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
 
 
+def open_image(path: Path) -> Image.Image:
+    """The image in ``path`` with its pixels decoded; ImageFileError naming the file when it is not an image, is
+    truncated or corrupt, or has more pixels than PIL's decompression-bomb limit."""
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except UNUSABLE_IMAGE as error:
+        raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
+
+
+def image_tensor(image: Image.Image, size: int, mode: str, path: Path) -> torch.Tensor:
+    """``image`` converted to ``mode`` (RGB or L) and resized as every training image is (:func:`_to_tensor`);
+    ImageFileError naming ``path`` when the conversion fails."""
+    try:
+        if image.mode != mode:
+            image = image.convert(mode)
+        return _to_tensor(image, size)
+    except (OSError, ValueError) as error:
+        raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
+
+
 @dataclass(frozen=True)
 class PairSource:
     """Where one pair's images are: two files, or one AB file (``x_path == y_path``) and which half is X."""
@@ -130,7 +153,7 @@ class PairedImageFolder(Dataset):
     def __init__(self, pairs: Sequence[PairSource], size: int, x_channels: int = 3, y_channels: int = 3,
                  source: str = "") -> None:  # fmt: skip
         self.pairs = list(pairs)
-        self.size, self.modes, self.source = size, (_mode(x_channels), _mode(y_channels)), source
+        self.size, self.modes, self.source = size, (image_mode(x_channels), image_mode(y_channels)), source
         self.x, self.y = DomainView(self, 0), DomainView(self, 1)
 
     def __len__(self) -> int:
@@ -163,12 +186,7 @@ class PairedImageFolder(Dataset):
     # ------------------------------------------------------------------------------------------- decoding
     @staticmethod
     def _open(path: Path) -> Image.Image:
-        try:
-            image = Image.open(path)
-            image.load()
-            return image
-        except UNUSABLE_IMAGE as error:
-            raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
+        return open_image(path)
 
     def _half(self, image: Image.Image, pair: PairSource, domain: int) -> torch.Tensor:
         half = image.width // 2
@@ -177,12 +195,7 @@ class PairedImageFolder(Dataset):
         return self._convert(image.crop(box), domain, pair.x_path)
 
     def _convert(self, image: Image.Image, domain: int, path: Path) -> torch.Tensor:
-        try:
-            if image.mode != self.modes[domain]:
-                image = image.convert(self.modes[domain])
-            return _to_tensor(image, self.size)
-        except (OSError, ValueError) as error:
-            raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
+        return image_tensor(image, self.size, self.modes[domain], path)
 
 
 class DomainView:
@@ -256,7 +269,7 @@ def scan_ab_split(folder: Path, size: int, x_channels: int = 3, y_channels: int 
     """Pairs of one AB split folder, every header checked (see the module docstring)."""
     files = _images_of(folder, "split folder")
     problems, converted, pairs = _Problems(folder, skip_bad), {}, []
-    target = (_mode(x_channels), _mode(y_channels))
+    target = (image_mode(x_channels), image_mode(y_channels))
     for path in files:
         try:
             width, height, mode = _inspect(path)
@@ -303,7 +316,7 @@ def scan_two_folder_split(folder: Path, size: int, x_channels: int = 3, y_channe
             raise DataError(message + " (pairs are matched by file stem; set data.skip_bad to skip them)")
         LOG.warning("iiae: skipped %s", message)
     problems, converted, pairs = _Problems(folder, skip_bad), {}, []
-    target = (_mode(x_channels), _mode(y_channels))
+    target = (image_mode(x_channels), image_mode(y_channels))
     common = sorted(set(x_files) & set(y_files), key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
     for stem in common:
         headers = []

@@ -1,8 +1,10 @@
-"""Figures of a run: the paper's translation grid, visual analogies, latent traversals and the loss curves."""
+"""Figures of a run: the paper's translation grid, visual analogies, latent traversals and the loss curves; the
+panel of a retrieval (a query image and its ranked results)."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,12 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import ImageOps
 
 from iiae.atomic import atomic_write
 from iiae.core.model import IIAE
+from iiae.data.paired_images import open_image
+from iiae.errors import ConfigError, OutputError
 
 LOSS_TERMS = ("loss", "l1_x", "l1_y", "mse_x", "mse_y", "nll_x", "nll_y", "kl_exclusive_x", "kl_exclusive_y",
               "kl_joint", "kl_joint_to_r_x", "kl_joint_to_r_y", "kl_detached_joint_to_r")  # those a run logged are drawn
@@ -20,6 +25,8 @@ FIGURE_DPI = 100  # every PNG here has an exact, documented pixel size at this r
 CELL_PIXELS = 60  # one image cell of the analogy and traversal figures
 GAP_PIXELS = 40  # margin left of, right of and between panels, and below them
 TITLE_PIXELS = 50  # band above the panels for their titles
+PANEL_TILE_PIXELS = 96  # one image of a retrieval panel
+PANEL_SPACE_PIXELS = 12  # between two results of a retrieval panel (the query stands GAP_PIXELS apart)
 TRAVERSAL_VALUES = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # prior units: N(0, 1) spans about -2..2
 
 
@@ -219,6 +226,57 @@ def save_figures(model: IIAE, x: torch.Tensor, y: torch.Tensor, folder: str | Pa
         save_analogy_grid(model, x[:6], y[:6], folder / "analogy.png"),
         save_traversal_grid(model, x[0], y[0], folder / "traversal.png"),
     ]
+
+
+# --------------------------------------------------------------------------------------------- retrieval panel
+def retrieval_panel_size(results: int) -> tuple[int, int]:
+    """Width and height in pixels of the PNG of :func:`save_retrieval_panel` with ``results`` results."""
+    tiles = (results + 1) * PANEL_TILE_PIXELS + max(results - 1, 0) * PANEL_SPACE_PIXELS
+    return tiles + 3 * GAP_PIXELS, PANEL_TILE_PIXELS + TITLE_PIXELS + GAP_PIXELS // 2
+
+
+def _panel_tile(path: Path) -> np.ndarray:
+    """The image file as an RGB tile of PANEL_TILE_PIXELS, aspect kept, padded with white."""
+    with open_image(path) as image:
+        tile = ImageOps.pad(image.convert("RGB"), (PANEL_TILE_PIXELS, PANEL_TILE_PIXELS), color=(255, 255, 255))
+    return np.asarray(tile)
+
+
+def _short(name: str, length: int = 18) -> str:
+    return name if len(name) <= length else name[: length - 1] + "…"
+
+
+def check_panel_path(out: str | Path | None) -> None:
+    """OutputError when ``out`` is a folder, ConfigError when it does not name a .png file (None: no panel)."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; expected a .png file for the panel")
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out} must be a .png file")
+
+
+def save_retrieval_panel(query: Path, results: Sequence[tuple[Path, str]], path: str | Path) -> Path:
+    """The query image, a gap, then each result image in rank order, every image titled (the query by its file
+    name, a result by its label and file name); one PNG of :func:`retrieval_panel_size` pixels, written
+    atomically (OutputError when it cannot be). ``results``: (image file, label such as ``#1 0.123``) pairs."""
+    width, height = retrieval_panel_size(len(results))
+    figure = _figure(figsize=(_inches(width), _inches(height)), dpi=FIGURE_DPI)
+    tiles = [(query, f"query\n{_short(query.name)}")]
+    tiles += [(file, f"{label}\n{_short(file.name)}") for file, label in results]
+    left = GAP_PIXELS
+    for index, (file, title) in enumerate(tiles):
+        box = (left / width, (GAP_PIXELS // 2) / height, PANEL_TILE_PIXELS / width, PANEL_TILE_PIXELS / height)
+        axis = figure.add_axes(box)
+        axis.imshow(_panel_tile(file), interpolation="nearest", aspect="auto")
+        axis.set_axis_off()
+        axis.set_title(title, fontsize=7)
+        left += PANEL_TILE_PIXELS + (GAP_PIXELS if index == 0 else PANEL_SPACE_PIXELS)
+    try:
+        return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=FIGURE_DPI))
+    except OSError as error:
+        raise OutputError(f"cannot write the panel {path}: {error.strerror or error}") from None
 
 
 def read_logged_terms(metrics_csv: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

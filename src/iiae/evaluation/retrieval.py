@@ -4,6 +4,9 @@ Every test pair is encoded with posterior means (batch norm in inference mode, n
 one domain, all test items of the other domain are ranked by squared L2 distance; the hit is the query's own
 partner (same index). Good disentanglement: shared retrieval near 100 %, exclusive retrieval near chance (1/N).
 
+:class:`FileRetrieval` is the outcome of ranking a folder of image files for one query file (``iiae retrieve``,
+``iiae zs-sbir retrieve``).
+
 Ties: a candidate at exactly the partner's distance ranks before the partner when its index is smaller, which
 is the order ``argmin`` over candidates in index order gives. :func:`partner_ranks` (fast, chunked) returns
 exactly what the per-query loop :func:`reference_partner_ranks` returns, last-bit near-ties included.
@@ -12,6 +15,7 @@ exactly what the per-query loop :func:`reference_partner_ranks` returns, last-bi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -84,6 +88,16 @@ def reference_partner_ranks(queries: torch.Tensor, candidates: torch.Tensor) -> 
         partner = distances[index]
         ranks[index] = int((distances < partner).sum()) + int((distances[:index] == partner).sum())
     return ranks
+
+
+def rank_by_distance(query: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(candidate indices, nearest first; their squared L2 distances) for one query code against ``candidates``
+    ([D] or [1, D] against [N, D]; codes are flattened), in the arithmetic and order of the evaluation: the
+    position of candidate i for query i is exactly its :func:`reference_partner_ranks` rank (ties: lower index
+    first)."""
+    distances = squared_distances(query.flatten(), candidates.flatten(1))
+    order = torch.sort(distances, stable=True).indices
+    return order, distances[order]
 
 
 def _expansion_error_bound(dimensions: int) -> float:
@@ -182,6 +196,37 @@ def retrieval_table(codes: PairCodes) -> dict[str, dict[str, float]]:
 def evaluate_retrieval(model: IIAE, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> dict:
     """Encode the test pairs and return the retrieval table (see :func:`retrieval_table`)."""
     return retrieval_table(encode_pairs(model, x, y, batch_size))
+
+
+@dataclass(frozen=True)
+class Match:
+    """One retrieved file: its rank (1 = nearest), its score (see :attr:`FileRetrieval.measure`) and its path."""
+
+    rank: int
+    score: float
+    path: Path
+
+
+@dataclass(frozen=True)
+class FileRetrieval:
+    """A query file's ranking of a folder of image files: the best matches, what was ranked and written."""
+
+    query: Path
+    domain: str  # of the query; the gallery holds the other domain
+    measure: str  # what Match.score is: "cosine similarity" (higher is nearer) or "squared L2 distance" (lower)
+    matches: list[Match]
+    gallery_size: int
+    cache: Path  # the cache file of the gallery's features or codes
+    cached: bool  # they were read from ``cache`` (not computed)
+    panel: Path | None  # the PNG panel written, if any
+
+    def lines(self) -> list[str]:
+        """One line per match: rank, score, path."""
+        return [f"{match.rank:4d}  {match.score:.4f}  {match.path}" for match in self.matches]
+
+    def panel_results(self, abbreviation: str) -> list[tuple[Path, str]]:
+        """(path, ``#rank <abbreviation> <score>``) of each match, the titles of the panel's images."""
+        return [(match.path, f"#{match.rank} {abbreviation} {match.score:.4g}") for match in self.matches]
 
 
 def format_retrieval_table(table: dict[str, dict[str, float]]) -> str:

@@ -90,8 +90,7 @@ def _retrieve(args: argparse.Namespace) -> int:
         torch.set_num_threads(run.config.train.threads)
     result = retrieve(run, args.query, args.gallery, top=args.top, domain=args.query_domain, out=args.out,
                       cache_dir=args.cache_dir)
-    for match in result.matches:
-        print(f"{match.rank:4d}  {match.similarity:.4f}  {match.path}")
+    print("\n".join(result.lines()))
     print(f"wrote {result.panel} (the query, then the top {len(result.matches)} of {result.gallery_size})")
     return 0
 
@@ -128,13 +127,21 @@ def add_zs_sbir_parser(commands) -> None:
     retrieve = verbs.add_parser("retrieve", help="rank a folder of images for one image of your own (a sketch by "
                                 "default), with a run trained from images; writes a PNG panel")
     retrieve.add_argument("run", help="run folder of zs-sbir train (trained from image files)")
-    retrieve.add_argument("--query", required=True, metavar="FILE", help="the query image (.png, .jpg, ...)")
-    retrieve.add_argument("--gallery", required=True, metavar="DIR",
-                          help="folder of images to rank (.jpg, .jpeg, .png, searched recursively)")
-    retrieve.add_argument("--top", type=int, default=10, help="results to print and draw [10]")
-    retrieve.add_argument("--query-domain", choices=["sketch", "photo"], default="sketch",
-                          help="what the query is; the gallery holds the other domain [sketch]")
-    retrieve.add_argument("--out", default="retrieval.png", metavar="PANEL.png",
-                          help="the panel: query, then the top results [retrieval.png]")
-    retrieve.add_argument("--cache-dir", help="gallery feature cache folder [$IIAE_CACHE_DIR/zs_features]")
+    add_retrieve_flags(retrieve, ("sketch", "photo"), ".jpg, .jpeg, .png", "gallery feature cache folder "
+                       "[$IIAE_CACHE_DIR/zs_features]")  # fmt: skip
     retrieve.set_defaults(handler=_retrieve)
+
+
+def add_retrieve_flags(parser: argparse.ArgumentParser, domains: tuple[str, str], suffixes: str,
+                       cache_help: str) -> None:  # fmt: skip
+    """The flags of ``iiae zs-sbir retrieve`` and ``iiae retrieve``: the query file, the gallery folder (images of
+    ``suffixes``), --top, the query's domain (one of ``domains``, the first by default), the panel, the cache."""
+    parser.add_argument("--query", required=True, metavar="FILE", help="the query image (any size and mode)")
+    parser.add_argument("--gallery", required=True, metavar="DIR",
+                        help=f"folder of images to rank ({suffixes}, searched recursively)")
+    parser.add_argument("--top", type=int, default=10, help="results to print and draw [10]")
+    parser.add_argument("--query-domain", choices=domains, default=domains[0],
+                        help=f"domain of the query; the gallery holds the other one [{domains[0]}]")
+    parser.add_argument("--out", default="retrieval.png", metavar="PANEL.png",
+                        help="the panel: the query, then the top results [retrieval.png]")
+    parser.add_argument("--cache-dir", help=cache_help)

