@@ -274,7 +274,7 @@ def save_retrieval_panel(query: Path, results: Sequence[tuple[Path, str]], path:
         axis.set_title(title, fontsize=7)
         left += PANEL_TILE_PIXELS + (GAP_PIXELS if index == 0 else PANEL_SPACE_PIXELS)
     try:
-        return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=FIGURE_DPI))
+        return save_png(figure, path, dpi=FIGURE_DPI)
     except OSError as error:
         raise OutputError(f"cannot write the panel {path}: {error.strerror or error}") from None
 
