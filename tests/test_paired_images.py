@@ -152,7 +152,7 @@ def test_grayscale_and_rgba_are_converted_with_one_notice(tmp_path, caplog):
     Image.fromarray(_pixels(0, 16, 32, channels=1)).save(root / "train" / "3.png")
     Image.fromarray(_pixels(1, 16, 32, channels=4)).save(root / "train" / "4.png")
     Image.fromarray(_pixels(2, 16, 32, channels=1)).save(root / "train" / "5.png")
-    with caplog.at_level(logging.WARNING, logger="iiae.data"):
+    with caplog.at_level(logging.INFO, logger="iiae.data"):
         dataset = scan_split(root, "train", "ab", size=16)
     notices = [r for r in caplog.records if "converted" in r.getMessage()]
     assert len(notices) == 1 and "2 L, 1 RGBA" in notices[0].getMessage()

@@ -227,6 +227,8 @@ class TrainConfig:
         check_seeds("train", self, "seed")
         _positive(self, "steps", "batch_size", "learning_rate", "log_every", "eval_batch_size")
         _positive(self, "checkpoint_every", "keep_checkpoints")
+        if self.steps > 2**63 - 1:
+            raise ConfigError(f"train.steps must be at most 2^63 - 1 (the step counter's range), got {self.steps}")
         if self.skip_nonfinite_steps < 0:
             raise ConfigError(f"train.skip_nonfinite_steps must be >= 0, got {self.skip_nonfinite_steps}")
         if self.select_every < 0:
@@ -364,12 +366,34 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` as YAML (safe: no Python objects), a key given twice in a mapping refused; yaml.YAMLError if not."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``SECTION.KEY=VALUE`` (a command line ``--set``) as a key path and a YAML-parsed value."""
     if "=" not in text:
         raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0.5), got {text!r}")
     key, raw = text.split("=", 1)
-    return key.split("."), yaml.safe_load(raw)
+    try:
+        return key.split("."), parse_yaml(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: {raw!r} is not a valid value ({str(error).splitlines()[0]})") from None
 
 
 def set_by_path(values: dict[str, Any], path: list[str], value: Any) -> None:
@@ -416,7 +440,7 @@ def read_config_file(path: str | Path, empty: str | None = None, bundled: list[s
         alternatives = f" (bundled configs: {', '.join(bundled)})" if bundled else ""
         raise ConfigError(f"config file {path} does not exist{alternatives}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = parse_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if values is None and empty is not None:

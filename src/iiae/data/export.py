@@ -19,7 +19,7 @@ from iiae.core.config import ExperimentConfig
 from iiae.data.cdcb import compose_cdcb, digit_intensity
 from iiae.data.mnist import load_digits
 from iiae.data.splits import build_cdcb_splits
-from iiae.errors import OutputError
+from iiae.errors import ConfigError, OutputError
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -60,18 +60,25 @@ def check_export_folder(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- MNIST-CDCB
-_CHUNK = 256
+_CHUNK = 256  # pairs rendered at once, at most
+CHUNK_BYTES = 2**28  # and at most this many bytes of float pixels (X and Y): 256 MiB
+MAX_EXPORT_SIZE = 2048  # pixels a side (the published pairs are 256)
 
 
 def _render_cdcb(digits, background: torch.Tensor, digit_colour: torch.Tensor, size: int):
     """MNIST-CDCB at ``size`` with given colours (:func:`iiae.data.cdcb.compose_cdcb`), in chunks."""
-    for start in range(0, len(digits), _CHUNK):
-        chunk = slice(start, start + _CHUNK)
+    pairs = max(1, min(_CHUNK, CHUNK_BYTES // (2 * 3 * 4 * size * size)))
+    for start in range(0, len(digits), pairs):
+        chunk = slice(start, start + pairs)
         yield compose_cdcb(digit_intensity(digits[chunk], size), background[chunk], digit_colour[chunk])
 
 
 def export_cdcb(config: ExperimentConfig, out: Path, size: int, layout: str, limit: int | None) -> dict[str, int]:
     """Write the train and test pairs of a CDCB config (colours exactly as training draws them)."""
+    if not 1 <= size <= MAX_EXPORT_SIZE:
+        raise ConfigError(f"--size must be in [1, {MAX_EXPORT_SIZE}] pixels, got {size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1 pairs per split, got {limit}")
     data = config.data  # every training pair is written: a reader holds out validation pairs by the same rule
     colours = build_cdcb_splits(replace(data, validation_fraction=0.0), 8)  # training's colours; size 8 is cheap
     dataset = "fashion_mnist" if data.dataset == "fashion_mnist_cdcb" else "mnist"
