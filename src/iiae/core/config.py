@@ -159,6 +159,9 @@ class DataConfig:
     # MNIST-CDCB: false (the paper's fixed data set): every epoch sees the same coloured pairs; true: every epoch
     # after the first draws new colours for the training pairs (from colour_seed and the epoch; test pairs fixed).
     recolour_every_epoch: bool = False
+    # MNIST-CDCB: published_like (the published data set's colours, re-rendered strokes and a digit mask per
+    # domain) or classic (the MNIST digit in both domains, bright colours; iiae 0.1's data). iiae.data.cdcb.
+    generator: Literal["published_like", "classic"] = "published_like"
     split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits (and of held-out validation)
     num_workers: int = 0  # DataLoader worker processes (the in-memory MNIST-CDCB needs none)
     # Image datasets only (paired_images, facades, maps; see iiae.data.paired_images):
@@ -175,6 +178,9 @@ class DataConfig:
 
     def validate(self) -> None:
         check_seeds("data", self, "split_seed", "colour_seed")
+        generators = typing.get_args(typing.get_type_hints(DataConfig)["generator"])
+        if self.generator not in generators:
+            raise ConfigError(f"data.generator must be one of {', '.join(generators)}; got {self.generator!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.recolour_every_epoch and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
