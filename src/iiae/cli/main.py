@@ -86,13 +86,14 @@ def _command_export(args: argparse.Namespace) -> int:
 
 def _trained_and_test_pairs(args: argparse.Namespace):
     """The trained model (run folder, model folder or .ckpt; see iiae.runs.trained), its run's config (unless --config
-    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs."""
+    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs (an image
+    folder may hold its test pairs alone: no training split is read)."""
     from iiae.data.datasets import build_splits
     from iiae.runs.trained import load_trained
 
     trained = load_trained(args.model)
     config = trained.experiment_config(build_config(args, None if args.config else trained.run_config))
-    splits = build_splits(config)
+    splits = build_splits(config, for_training=False)
     _check_channels(trained, splits.test)
     return trained, splits, config
 

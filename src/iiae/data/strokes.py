@@ -31,7 +31,7 @@ PADDED_SIDE = 32  # size 32 shows the 28 px digit frame with a 2 px margin (as t
 SUPERSAMPLING = 2  # high-resolution pixels per output pixel and side (the soft cut anti-aliases the rest) ...
 MIN_RENDER_SIDE = 56  # ... or more, so that the fine grid spans at least this many pixels across the digit frame
 UNSAMPLED_FROM = 128  # outputs whose digit frame spans this many pixels are cut at their own resolution
-CHUNK_PIXELS = 1 << 21  # high-resolution pixels rendered at once (8 MB per float32 tensor: stays in cache)
+CHUNK_PIXELS = 1 << 19  # high-resolution pixels rendered at once (2 MB per float32 tensor: stays in cache)
 DRAWS_PER_PAIR = 6  # uniform numbers each pair takes from the generator: two levels, rotation, scale, two shifts
 
 
