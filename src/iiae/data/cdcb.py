@@ -287,8 +287,9 @@ class RecolouredCDCB(Dataset):
     Epoch 0 serves ``pairs`` as they are (the fixed colours); epoch e > 0 draws every pair's CB background and
     CD digit colour again from ``numpy.random.default_rng([seed, e])``, so the colours are a function of (seed,
     epoch) and a resumed or multi-process run sees the pairs a single uninterrupted run sees, in the colour
-    ranges of the generator that made the pairs. The digits (and strokes) never change. Keys are ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler` with ``with_epoch``), so the
-    epoch reaches DataLoader workers too.
+    ranges of the generator that made the pairs. The digits (and strokes) never change. Keys are
+    ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler` with ``with_epoch``), so the epoch
+    reaches DataLoader workers too.
     """
 
     indexed_by_epoch = True  # read by iiae.engine.resume.ResumableDataLoader
