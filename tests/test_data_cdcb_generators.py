@@ -15,9 +15,17 @@ import typing
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.nn.functional import interpolate
 
-from iiae.core.config import DataConfig, resolve_config
+from iiae.core.config import (
+    DataConfig,
+    ExperimentConfig,
+    load_config,
+    load_saved_config,
+    resolve_config,
+    saved_config_from_dict,
+)
 from iiae.data import load_digits, make_cdcb
 from iiae.data.cdcb import COLOUR_RANGES, GENERATORS, RecolouredCDCB, draw_cdcb
 from iiae.data.cdcb_statistics import (
@@ -50,6 +58,20 @@ def test_published_like_is_the_default_everywhere():
     assert typing.get_args(typing.get_type_hints(DataConfig)["generator"]) == GENERATORS
     with pytest.raises(ConfigError, match="data.generator must be one of published_like, classic; got 'pastel'"):
         DataConfig(generator="pastel").validate()
+
+
+def test_runs_saved_before_the_generator_key_keep_the_classic_pairs(tmp_path):
+    """A run folder's config.yaml (or a checkpoint's config) without data.generator was written by iiae 0.1:
+    evaluating or resuming it must rebuild the classic pairs it trained on; a user's YAML gets the default."""
+    values = ExperimentConfig().to_dict()
+    del values["data"]["generator"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    assert load_saved_config(tmp_path / "config.yaml").data.generator == "classic"
+    assert saved_config_from_dict(values).data.generator == "classic"
+    assert "generator" not in values["data"]  # the caller's mapping is left as it was
+    assert load_config(tmp_path / "config.yaml").data.generator == "published_like"
+    values["data"]["generator"] = "published_like"  # saved by this version: kept
+    assert saved_config_from_dict(values).data.generator == "published_like"
 
 
 def test_colours_span_nearly_the_whole_rgb_cube(published):

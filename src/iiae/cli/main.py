@@ -64,13 +64,13 @@ def _train_many(args: argparse.Namespace) -> int:
 
 def _resume_config(args: argparse.Namespace):
     """--resume RUN_DIR|auto: the run folder and its config (flags may change only iiae.runs.run_folder.RESUMABLE_CHANGES)."""
-    from iiae.core.config import load_config, resolve_config
+    from iiae.core.config import load_saved_config, resolve_config
     from iiae.runs.run_folder import check_resume_config, find_run_to_resume
 
     if args.out is not None:
         raise ConfigError("--resume continues a run in its own folder: give --resume RUN_DIR or --out, not both")
     run_dir = find_run_to_resume(args.resume, resolve_config(args.config).name)
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_saved_config(run_dir / "config.yaml")
     config = build_config(args, None if args.config else saved)
     check_resume_config(saved, config, run_dir)
     return config, run_dir

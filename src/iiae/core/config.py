@@ -401,6 +401,35 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     return _build(ExperimentConfig, values, "").validate()
 
 
+#: Keys added after run folders and checkpoints were first written, with the value that reproduces such a run.
+#: A key missing from a user's YAML takes today's default; one missing from a config the program saved (a run's
+#: config.yaml, a checkpoint's) was not there yet, and takes this value.
+ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("data", "generator"): "classic",  # runs of iiae 0.1 trained on the classic MNIST-CDCB
+}
+
+
+def saved_config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """:func:`config_from_dict` of a config the program saved: keys it lacks from :data:`ADDED_KEYS` take the
+    value its run was made with, not today's default."""
+    if isinstance(values, dict):
+        values = {name: dict(section) if isinstance(section, dict) else section for name, section in values.items()}
+        for (section, key), value in ADDED_KEYS.items():
+            if isinstance(values.get(section), dict) and key not in values[section]:
+                values[section][key] = value
+    return config_from_dict(values)
+
+
+def load_saved_config(path: str | Path) -> ExperimentConfig:
+    """:func:`load_config` of a config the program saved: a run folder's config.yaml (see
+    :func:`saved_config_from_dict`)."""
+    values = read_config_file(path, empty="sections model, loss, data, train")
+    try:
+        return saved_config_from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def read_config_file(path: str | Path, empty: str | None = None, bundled: list[str] | None = None) -> dict:
     """The values of a YAML config file; a ConfigError naming the file if it is missing or not YAML.
 
