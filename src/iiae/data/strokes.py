@@ -3,8 +3,10 @@
 The published MNIST-CDCB (Gonzalez-Garcia et al., 2018) is not MNIST pasted into two colour schemes: its 256 px
 digits are re-rendered. Brought back to 28 px a published digit correlates only about 0.90 with its MNIST
 original, and the two images of a pair do not share one mask: their digit masks correlate about 0.96, the
-coloured-background image (CB, our X) has the thicker strokes (ink about 13 % of the image against 11 % for the
-coloured digit, CD, our Y). :func:`render_strokes` reproduces these statistics:
+digit-on-coloured-background image (CB, our X) has the thicker strokes (ink about 13 % of the image against 11 %
+for the coloured digit on black, CD, our Y; issue 14 reported the published pair's Y, which it took to be the CB
+image, as the thicker: should that reading be wrong, swap ``level_x`` and ``level_y``). :func:`render_strokes`
+reproduces these statistics:
 
 1. the 28 px digit is smoothed by a Gaussian pen (``smoothing`` MNIST pixels) and scaled so its peak is 1;
 2. one pose per pair (rotation, scale, shift; shared by X and Y, as a re-drawn digit sits a little elsewhere)
@@ -116,7 +118,7 @@ def render_geometry(size: int) -> tuple[int, float]:
 def pose_grid(pose: torch.Tensor, side: int, frame: float) -> torch.Tensor:
     """The sampling grid ``[N, side, side, 2]`` of :func:`torch.nn.functional.grid_sample` for poses ``[N, 2, 3]``
     whose output spans ``frame`` digit frames: :func:`torch.nn.functional.affine_grid` with ``align_corners=False``
-    written out (broadcast products instead of its batched matrix product: 40 % faster here)."""
+    written out (broadcast products instead of its batched matrix product: a third faster here)."""
     coords = (torch.arange(side, dtype=torch.float32) * 2.0 + 1.0) / side - 1.0  # pixel centres in [-1, 1]
     columns, rows = coords[None, None, :] * frame, coords[None, :, None] * frame
     linear, shift = pose[:, :, :2, None, None], pose[:, :, 2, None, None]  # [N, 2, 2, 1, 1], [N, 2, 1, 1]
