@@ -71,13 +71,13 @@ def _train_many(args: argparse.Namespace) -> int:
 
 def _resume_config(args: argparse.Namespace):
     """--resume RUN_DIR|auto: the run folder and its config (flags may change only iiae.runs.run_folder.RESUMABLE_CHANGES)."""
-    from iiae.core.config import load_config, resolve_config
+    from iiae.core.config import load_saved_config, resolve_config
     from iiae.runs.run_folder import check_resume_config, find_run_to_resume
 
     if args.out is not None:
         raise ConfigError("--resume continues a run in its own folder: give --resume RUN_DIR or --out, not both")
     run_dir = find_run_to_resume(args.resume, resolve_config(args.config).name)
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_saved_config(run_dir / "config.yaml")
     config = build_config(args, None if args.config else saved)
     check_resume_config(saved, config, run_dir)
     return config, run_dir
@@ -93,13 +93,14 @@ def _command_export(args: argparse.Namespace) -> int:
 
 def _trained_and_test_pairs(args: argparse.Namespace):
     """The trained model (run folder, model folder or .ckpt; see iiae.runs.trained), its run's config (unless --config
-    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs."""
+    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs (an image
+    folder may hold its test pairs alone: no training split is read)."""
     from iiae.data.datasets import build_splits
     from iiae.runs.trained import load_trained
 
     trained = load_trained(args.model)
     config = trained.experiment_config(build_config(args, None if args.config else trained.run_config))
-    splits = build_splits(config)
+    splits = build_splits(config, for_training=False)
     _check_channels(trained, splits.test)
     return trained, splits, config
 

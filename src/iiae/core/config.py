@@ -160,6 +160,9 @@ class DataConfig:
     # MNIST-CDCB: false (the paper's fixed data set): every epoch sees the same coloured pairs; true: every epoch
     # after the first draws new colours for the training pairs (from colour_seed and the epoch; test pairs fixed).
     recolour_every_epoch: bool = False
+    # MNIST-CDCB: published_like (the published data set's colours, re-rendered strokes and a digit mask per
+    # domain) or classic (the MNIST digit in both domains, bright colours; iiae 0.1's data). iiae.data.cdcb.
+    generator: Literal["published_like", "classic"] = "published_like"
     split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits (and of held-out validation)
     num_workers: int = 0  # DataLoader worker processes (the in-memory MNIST-CDCB needs none)
     # Image datasets only (paired_images, facades, maps; see iiae.data.paired_images):
@@ -176,6 +179,9 @@ class DataConfig:
 
     def validate(self) -> None:
         check_seeds("data", self, "split_seed", "colour_seed")
+        generators = typing.get_args(typing.get_type_hints(DataConfig)["generator"])
+        if self.generator not in generators:
+            raise ConfigError(f"data.generator must be one of {', '.join(generators)}; got {self.generator!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.recolour_every_epoch and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
@@ -427,6 +433,35 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
     return _build(ExperimentConfig, values, "").validate()
+
+
+#: Keys added after run folders and checkpoints were first written, with the value that reproduces such a run.
+#: A key missing from a user's YAML takes today's default; one missing from a config the program saved (a run's
+#: config.yaml, a checkpoint's) was not there yet, and takes this value.
+ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("data", "generator"): "classic",  # runs of iiae 0.1 trained on the classic MNIST-CDCB
+}
+
+
+def saved_config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """:func:`config_from_dict` of a config the program saved: keys it lacks from :data:`ADDED_KEYS` take the
+    value its run was made with, not today's default."""
+    if isinstance(values, dict):
+        values = {name: dict(section) if isinstance(section, dict) else section for name, section in values.items()}
+        for (section, key), value in ADDED_KEYS.items():
+            if isinstance(values.get(section), dict) and key not in values[section]:
+                values[section][key] = value
+    return config_from_dict(values)
+
+
+def load_saved_config(path: str | Path) -> ExperimentConfig:
+    """:func:`load_config` of a config the program saved: a run folder's config.yaml (see
+    :func:`saved_config_from_dict`)."""
+    values = read_config_file(path, empty="sections model, loss, data, train")
+    try:
+        return saved_config_from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def read_config_file(path: str | Path, empty: str | None = None, bundled: list[str] | None = None) -> dict:

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from iiae.atomic import atomic_write_json
-from iiae.core.config import ExperimentConfig, config_from_dict, load_config
+from iiae.core.config import (
+    ExperimentConfig,
+    config_from_dict,
+    load_saved_config,
+    saved_config_from_dict,
+)
 from iiae.core.model import CONFIG_FILE, IIAE
 from iiae.engine.checkpointing import (
     check_checkpoint_matches,
@@ -62,7 +67,7 @@ class TrainedModel:
 
 def _run_config(folder: Path) -> ExperimentConfig | None:
     path = folder / CONFIG
-    return load_config(path) if path.is_file() else None
+    return load_saved_config(path) if path.is_file() else None
 
 
 def _from_checkpoint(path: Path) -> TrainedModel:
@@ -72,7 +77,7 @@ def _from_checkpoint(path: Path) -> TrainedModel:
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {path} holds no iiae config (hyper_parameters.config): not an iiae run?")
     try:
-        config = config_from_dict(saved)
+        config = saved_config_from_dict(saved)
     except ConfigError as error:
         raise CheckpointError(f"checkpoint {path} holds an invalid iiae config: {error}") from None
     check_checkpoint_matches(checkpoint, config, path)
