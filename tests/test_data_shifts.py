@@ -60,12 +60,12 @@ def test_strokes_thinner_thicker_and_swapped_per_domain(digits):
                                                         seed=1)),
                                ("thicker", stroke_shift(images, labels, level_change_x=-0.15, level_change_y=-0.15,
                                                         seed=1)),
-                               ("swapped", stroke_shift(images, labels, level_change_x=0.15, level_change_y=-0.15,
+                               ("swapped", stroke_shift(images, labels, level_change_x=-0.15, level_change_y=0.15,
                                                         seed=1)))}  # fmt: skip
     for domain in (0, 1):
         assert ink["thinner"][domain] < ink["plain"][domain] - 0.01 < ink["plain"][domain] + 0.01 < \
             ink["thicker"][domain]  # fmt: skip
-    assert ink["plain"][0] > ink["plain"][1] and ink["swapped"][0] < ink["swapped"][1]  # X thicker in training only
+    assert ink["plain"][0] < ink["plain"][1] and ink["swapped"][0] > ink["swapped"][1]  # Y thicker in training only
     unchanged = stroke_shift(images, labels, level_change_x=0.0, level_change_y=0.0, seed=1)
     assert torch.equal(unchanged.x, plain.x) and torch.equal(unchanged.y, plain.y)  # a shift of 0 is the test set
     with pytest.raises(ConfigError, match="outside"):

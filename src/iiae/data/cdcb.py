@@ -13,7 +13,7 @@ Two generators (``data.generator``):
 * ``published_like`` (the default) matches the published MNIST-CDCB in the three ways it is harder than plain
   MNIST in colour: colours from nearly the whole RGB cube (saturation down to 0.05, value down to 0.2 for the
   backgrounds and 0.4 for the digits: greyish and dark colours too), digits re-rendered at high resolution with
-  a pose of their own, and a digit mask of each domain (X's strokes thicker than Y's, independently drawn per
+  a pose of their own, and a digit mask of each domain (Y's strokes thicker than X's, independently drawn per
   pair; :mod:`iiae.data.strokes`).
 * ``classic``: the MNIST digit itself in both domains (one mask), saturation and value in [0.5, 1]. Bit-identical
   to the generator of iiae 0.1.

@@ -154,8 +154,8 @@ def shifted_test_sets(images: np.ndarray, labels: np.ndarray, *, size: int = 32,
                                         seed=seed),
         "strokes_thicker": stroke_shift(images, labels, level_change_x=-change, level_change_y=-change, size=size,
                                         seed=seed),
-        "strokes_swapped": stroke_shift(images, labels, level_change_x=change, level_change_y=-change, size=size,
-                                        seed=seed),  # X thin, Y thick: the opposite of training
+        "strokes_swapped": stroke_shift(images, labels, level_change_x=-change, level_change_y=change, size=size,
+                                        seed=seed),  # X thick, Y thin: the opposite of training
     }  # fmt: skip
     plain = make_cdcb(images, labels, size=size, seed=seed, generator=generator)
     for quality in JPEG_QUALITIES:

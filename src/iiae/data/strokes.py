@@ -3,10 +3,9 @@
 The published MNIST-CDCB (Gonzalez-Garcia et al., 2018) is not MNIST pasted into two colour schemes: its 256 px
 digits are re-rendered. Brought back to 28 px a published digit correlates only about 0.90 with its MNIST
 original, and the two images of a pair do not share one mask: their digit masks correlate about 0.96, the
-digit-on-coloured-background image (CB, our X) has the thicker strokes (ink about 13 % of the image against 11 %
-for the coloured digit on black, CD, our Y; issue 14 reported the published pair's Y, which it took to be the CB
-image, as the thicker: should that reading be wrong, swap ``level_x`` and ``level_y``). :func:`render_strokes`
-reproduces these statistics:
+coloured digit on black (CD, our Y) has the thicker strokes (ink about 13 % of the image against 11 % for the
+digit on a coloured background, CB, our X; issue 14 measured published pairs read through our loader, in our
+X / Y order, and found Y thicker). :func:`render_strokes` reproduces these statistics:
 
 1. the 28 px digit is smoothed by a Gaussian pen (``smoothing`` MNIST pixels) and scaled so its peak is 1;
 2. one pose per pair (rotation, scale, shift; shared by X and Y, as a re-drawn digit sits a little elsewhere)
@@ -42,8 +41,8 @@ class StrokeStyle:
     """How the published-like strokes are drawn; the defaults match the published MNIST-CDCB's statistics."""
 
     smoothing: float = 0.6  # Gaussian pen, in MNIST pixels: turns MNIST's ink into a smooth stroke field
-    level_x: float = 0.475  # mean stroke level of X (CB), a fraction of the digit's peak: higher is thinner
-    level_y: float = 0.595  # mean stroke level of Y (CD): thinner than X, as in the published pairs
+    level_x: float = 0.595  # mean stroke level of X (CB), a fraction of the digit's peak: higher is thinner
+    level_y: float = 0.475  # mean stroke level of Y (CD): thicker than X, as in the published pairs
     level_spread: float = 0.15  # each pair's level of each domain: uniform in mean +- spread, independently
     rotation_degrees: float = 6.0  # each pair's pose: rotation uniform in +- this ...
     scale_fraction: float = 0.06  # ... scale uniform in 1 +- this ...
