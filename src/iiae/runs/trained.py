@@ -123,6 +123,7 @@ def write_metrics(
     test_pairs: int,
     data_source: str,
     measures: dict | None = None,
+    shift_suite: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write the retrieval table (and what was evaluated) as JSON; an existing metrics file keeps its other keys.
 
@@ -141,6 +142,8 @@ def write_metrics(
         if not isinstance(existing, dict):
             raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
     existing["retrieval"] = table
+    if shift_suite is not None:  # iiae.evaluation.shift_suite; a file's earlier suite is kept otherwise
+        existing["shift_suite"] = shift_suite
     if measures is not None:
         for key in MEASURE_KEYS:
             existing.pop(key, None)
