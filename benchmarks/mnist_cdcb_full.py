@@ -1,6 +1,7 @@
 """The paper's headline MNIST-CDCB result, measured: train on the 60,000 full-MNIST pairs, evaluate on the 10,000.
 
-    python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist                 # the full run (~60 min)
+    python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist                 # stops early (patience 5)
+    python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --early-stop-patience 0  # all 20,000 steps
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --steps 300 --select-every 100  # smoke
     IIAE_SHARED_DATA=../shared/data python benchmarks/mnist_cdcb_full.py --json full.json
 
