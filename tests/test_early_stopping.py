@@ -16,6 +16,7 @@ from lightning import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from tiny_runs import (
     SLOW_CLI,
+    expect_error,
     main_one_thread,
     newest_step,
     run_cli,
@@ -118,6 +119,12 @@ def test_config_refuses_impossible_early_stopping(train, data, message):
         setattr(config.data, key, value)
     with pytest.raises(ConfigError, match=message):
         config.validate()
+
+
+def test_the_cli_says_a_bad_patience_in_one_line(tmp_path, capsys):
+    expect_error(capsys, ["train", "--set", "train.early_stop_patience=-2", "--out", str(tmp_path / "run")],
+                 "train.early_stop_patience must be >= 0")  # fmt: skip
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_config_accepts_early_stopping_and_the_bundled_configs_set_it_as_documented():

@@ -105,11 +105,13 @@ def main_one_thread(argv: list[str]) -> int:
 
 
 def newest_step(run: Path) -> int:
+    """The step of the newest ``step=N.ckpt`` of a run folder (-1: none yet)."""
     names = [path.name for path in (run / "checkpoints").glob("step=*.ckpt")]
     return max((int(re.match(r"step=(\d+)", name).group(1)) for name in names), default=-1)
 
 
 def wait_until(process, condition, what: str, timeout: float = 120) -> None:
+    """Poll ``condition()`` while ``process`` runs; AssertionError if it ends first or ``timeout`` s pass."""
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
