@@ -7,6 +7,8 @@ import csv
 import json
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +17,7 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from tiny_runs import (
+    ONE_THREAD,
     SLOW_CLI,
     expect_error,
     main_one_thread,
@@ -294,3 +297,37 @@ def test_a_run_killed_after_its_stopping_step_finishes_without_training_more(tmp
     assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == STOP_STEP
     assert main_one_thread(["train", "--resume", str(out)]) == 0
     _same_stopped_run(out, stopped[0])
+
+
+# Runs the CLI with process 1 alone deciding to stop at step STOP_AT (its rule patched): under DDP process 0 must
+# stop with it. A file, not ``python -c``: Lightning's launcher starts process 1 by running the same script again.
+STOP_IN_ONE_PROCESS = """
+import os, sys
+import iiae.engine.selection as selection
+update = selection.PatienceStop.update
+def update_in_one_process(self, record):
+    alone = record["step"] == int(os.environ["STOP_AT"]) and os.environ.get("LOCAL_RANK", "0") == "1"
+    return update(self, record) or alone
+selection.PatienceStop.update = update_in_one_process
+from iiae.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_one_decides(tmp_path, data):
+    script = tmp_path / "stop_cli.py"
+    script.write_text(STOP_IN_ONE_PROCESS)
+    out = tmp_path / "run"
+    command = [sys.executable, str(script), "train", "--out", str(out), *tiny_args(data), "--steps", "20",
+               "--set", "train.select_every=5", "--set", "train.early_stop_patience=100",
+               "--devices", "2", "--strategy", "ddp"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                            env={**ONE_THREAD, "STOP_AT": "10"}, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 10
+    assert metrics["early_stopping"]["early_stopped"] and metrics["early_stopping"]["stopped_at_step"] == 10
+    assert "another process reached train.early_stop_patience" in metrics["early_stopping"]["reason"]  # process 0
+    assert result.stderr.count("iiae: early stop at step 10") == 2, result.stderr[-3000:]  # both processes
+    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 10
