@@ -46,3 +46,15 @@ def test_time_to_accuracy_curve() -> None:
     curve = time_to_accuracy_curve({"history": history}, training_seconds=60.0, steps=300)
     assert [point["seconds"] for point in curve] == [20.0, 40.0, 60.0]
     assert first_time_at(curve, 99.0) == 60.0 and first_time_at(curve, 99.9) is None
+
+
+@pytest.mark.slow
+def test_cdcb_generator_benchmark_times_both_generators(tmp_path: Path) -> None:
+    out = tmp_path / "generators.json"
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "cdcb_generator.py"), "--count", "300", "--json", str(out)],
+                         capture_output=True, text=True, env=ONE_THREAD, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["count"] == 300 and results["seconds_classic"] > 0 and results["seconds_published_like"] > 0
+    published, classic = results["statistics_published_like"], results["statistics_classic"]
+    assert classic["mask_correlation_x_y"] == pytest.approx(1.0) and published["mask_correlation_x_y"] < 0.98

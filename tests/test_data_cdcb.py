@@ -1,8 +1,13 @@
-"""Tests of MNIST-CDCB: colours, pixel-exact composition of both domains, geometry and reproducibility."""
+"""Tests of MNIST-CDCB: colours, pixel-exact composition of both domains, geometry and reproducibility.
+
+Most of them pin the classic generator (one digit mask in both domains, the exact pixels of the digit); the
+published-like generator, the default, has its own tests in test_data_cdcb_generators.py.
+"""
 
 from __future__ import annotations
 
 import colorsys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,7 +37,7 @@ def _digits(count: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def pairs() -> PairedImages:
     images, labels = _digits()
-    return make_cdcb(images, labels, seed=3)
+    return make_cdcb(images, labels, seed=3, generator="classic")
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -90,9 +95,10 @@ def test_same_digit_mask_in_both_domains(pairs: PairedImages) -> None:
     assert ink_y.float().mean() > 0.1
 
 
-def test_same_seed_identical_different_seed_different() -> None:
+@pytest.mark.parametrize("generator", ["classic", "published_like"])
+def test_same_seed_identical_different_seed_different(generator: str) -> None:
     images, labels = _digits()
-    first, again, other = (make_cdcb(images, labels, seed=seed) for seed in (5, 5, 6))
+    first, again, other = (make_cdcb(images, labels, seed=seed, generator=generator) for seed in (5, 5, 6))
     assert torch.equal(first.x, again.x) and torch.equal(first.y, again.y)
     assert not torch.allclose(first.background_colour_x, other.background_colour_x)
     assert not torch.allclose(first.digit_colour_y, other.digit_colour_y)
@@ -101,7 +107,7 @@ def test_same_seed_identical_different_seed_different() -> None:
 
 def test_colours_follow_the_documented_draw_order() -> None:
     images, labels = _digits(count=7)
-    pairs = make_cdcb(images, labels, seed=11)
+    pairs = make_cdcb(images, labels, seed=11, generator="classic")
     generator = np.random.default_rng(11)
     np.testing.assert_array_equal(pairs.background_colour_x.numpy(), random_colours(7, generator))
     np.testing.assert_array_equal(pairs.digit_colour_y.numpy(), random_colours(7, generator))
@@ -123,17 +129,18 @@ def test_hsv_to_rgb_matches_colorsys() -> None:
     np.testing.assert_allclose(hsv_to_rgb(hsv), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("generator", ["classic", "published_like"])
 @pytest.mark.parametrize("size", [28, 32, 64, 16])
-def test_sizes(size: int) -> None:
+def test_sizes(size: int, generator: str) -> None:
     images, labels = _digits(count=4)
-    pairs = make_cdcb(images, labels, size=size)
+    pairs = make_cdcb(images, labels, size=size, generator=generator)
     assert pairs.x.shape == (4, 3, size, size) and pairs.y.shape == (4, 3, size, size)
     assert pairs.x.min() >= -1 and pairs.x.max() <= 1 and pairs.y.min() >= -1 and pairs.y.max() <= 1
 
 
 def test_size_28_keeps_pixels_and_resizing_keeps_the_ink_where_it_was() -> None:
     images, labels = _digits(count=4)
-    plain = make_cdcb(images, labels, size=28)
+    plain = make_cdcb(images, labels, size=28, generator="classic")
     mask = torch.from_numpy(images).float() / 255
     torch.testing.assert_close(
         _to_unit(plain.y), plain.digit_colour_y[:, :, None, None] * mask[:, None], atol=1e-6, rtol=0
@@ -162,15 +169,16 @@ def test_bad_images_or_labels_are_data_errors() -> None:
         make_cdcb(images, labels[:2])
 
 
-def test_empty_input_gives_empty_pairs() -> None:
-    pairs = make_cdcb(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+@pytest.mark.parametrize("generator", ["classic", "published_like"])
+def test_empty_input_gives_empty_pairs(generator: str) -> None:
+    pairs = make_cdcb(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), generator=generator)
     assert len(pairs) == 0 and pairs.x.shape == (0, 3, 32, 32)
 
 
 # ------------------------------------------------------------------------------- re-colouring every epoch
 def _recoloured(count: int = 12) -> RecolouredCDCB:
     images, labels = _digits(count)
-    return RecolouredCDCB(make_cdcb(images, labels, seed=3, keep_intensity=True), seed=3)
+    return RecolouredCDCB(make_cdcb(images, labels, seed=3, keep_intensity=True, generator="classic"), seed=3)
 
 
 def test_epoch_zero_serves_the_fixed_pairs_later_epochs_new_colours_of_the_same_digits() -> None:
@@ -197,6 +205,8 @@ def test_recoloured_needs_intensities_and_one_epoch_per_batch() -> None:
     images, labels = _digits()
     with pytest.raises(DataError, match="keep_intensity=True"):
         RecolouredCDCB(make_cdcb(images, labels), seed=0)
+    with pytest.raises(ConfigError, match="generator must be one of published_like, classic"):
+        RecolouredCDCB(replace(make_cdcb(images, labels, keep_intensity=True), generator="pastel"), seed=0)
     with pytest.raises(DataError, match=r"one epoch, got epochs \[0, 1\]"):
         _recoloured().__getitems__([(0, 1), (1, 2)])
 

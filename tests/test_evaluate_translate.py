@@ -173,3 +173,17 @@ def test_own_files_with_a_run_folder_and_its_checkpoints(run, tmp_path, capsys):
     assert "gallery codes: encoding 6 images" in first and "gallery codes: cached" in second
     ranking = [line for line in first.splitlines() if line.startswith("   ")]
     assert len(ranking) == 3 and ranking == [line for line in second.splitlines() if line.startswith("   ")]
+
+
+def test_the_shift_suite_scores_the_clean_test_set_as_evaluate_does_and_every_shift(run, tmp_path, capsys):
+    out, metrics = run
+    target = tmp_path / "suite.json"
+    assert main(["evaluate", str(out), "--json", str(target), "--no-measures", "--shift-suite"]) == 0
+    assert "strokes_swapped" in capsys.readouterr().out
+    suite = json.loads(target.read_text())["shift_suite"]
+    assert set(suite) == {"clean", "colours_outside", "strokes_thinner", "strokes_thicker", "strokes_swapped",
+                          "jpeg_q75", "jpeg_q30", "ab_png_256"}  # fmt: skip
+    for direction in ("shared_x_to_y", "shared_y_to_x"):  # clean is the run's own test set, re-drawn
+        assert suite["clean"][direction] == metrics["retrieval"][direction]["top1"]
+    assert all(row["count"] == 32 and 0 <= row["shared_x_to_y"] <= 100 for row in suite.values())
+    _expect_error(capsys, ["evaluate", str(out), "--shift-pairs", "5"], "give it with --shift-suite")

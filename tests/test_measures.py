@@ -7,6 +7,7 @@ import torch
 
 from iiae import IIAE, ModelConfig
 from iiae.data import load_digits, make_cdcb
+from iiae.data.shifts import stroke_shift
 from iiae.evaluation.digit_classifier import (
     ClassifierSettings,
     digit_map,
@@ -16,6 +17,7 @@ from iiae.evaluation.fidelity import (
     colour_errors,
     fitted_background_colour,
     fitted_digit_colour,
+    intensity_from_x,
     intensity_from_y,
     translate_test_pairs,
 )
@@ -26,10 +28,11 @@ FAST = ClassifierSettings(epochs=2)
 
 @pytest.fixture(scope="module")
 def digits():
-    """300 training and 100 test MNIST-CDCB pairs of real digits (train and test colours differ)."""
+    """300 training and 100 test MNIST-CDCB pairs of real digits (train and test colours differ), of the classic
+    generator: one digit mask in both domains, which the exact identities below rely on."""
     data = load_digits("embedded")
-    train = make_cdcb(data.train_images[:300], data.train_labels[:300], size=32, seed=0)
-    test = make_cdcb(data.test_images[:100], data.test_labels[:100], size=32, seed=1)
+    train = make_cdcb(data.train_images[:300], data.train_labels[:300], size=32, seed=0, generator="classic")
+    test = make_cdcb(data.test_images[:100], data.test_labels[:100], size=32, seed=1, generator="classic")
     return train, test
 
 
@@ -38,7 +41,8 @@ def test_digit_map_is_the_same_for_both_domains_and_any_colours(digits):
     maps_x, maps_y = digit_map(train.x), digit_map(train.y)
     assert maps_x.shape == (300, 1, 32, 32) and 0 <= maps_x.min() and maps_x.max() <= 1
     torch.testing.assert_close(maps_x, maps_y, atol=1e-4, rtol=0)
-    recoloured = make_cdcb(load_digits("embedded").train_images[:300], train.labels.numpy(), size=32, seed=7)
+    recoloured = make_cdcb(load_digits("embedded").train_images[:300], train.labels.numpy(), size=32, seed=7,
+                           generator="classic")  # fmt: skip
     torch.testing.assert_close(digit_map(recoloured.x), maps_x, atol=1e-4, rtol=0)
     small = make_cdcb(load_digits("embedded").train_images[:4], train.labels[:4].numpy(), size=16, seed=0)
     assert digit_map(small.y).shape == (4, 1, 32, 32)  # other sizes are resized
@@ -90,7 +94,8 @@ def test_colour_errors_are_zero_for_a_perfect_translation_and_large_for_wrong_co
     assert max(perfect.values()) < 5e-3, perfect  # "vs white" reads pixels with m >= 0.99: at most 1 % off white
     assert perfect["x_to_y_digit_colour"] < 1e-4 and perfect["y_to_x_background_colour"] < 1e-4
 
-    recoloured = make_cdcb(load_digits("embedded").test_images[:100], test.labels.numpy(), size=32, seed=99)
+    recoloured = make_cdcb(load_digits("embedded").test_images[:100], test.labels.numpy(), size=32, seed=99,
+                           generator="classic")  # fmt: skip
     wrong = colour_errors(
         {"x_to_y_prior": recoloured.x, "x_to_y_paired": recoloured.y,  # a coloured background; other digit colours
          "y_to_x_prior": recoloured.y, "y_to_x_paired": recoloured.x},  # a coloured digit; other backgrounds
@@ -98,6 +103,24 @@ def test_colour_errors_are_zero_for_a_perfect_translation_and_large_for_wrong_co
     )  # fmt: skip
     assert wrong["x_to_y_background_vs_black"] > 0.3 and wrong["y_to_x_digit_vs_white"] > 0.2
     assert wrong["x_to_y_digit_colour"] > 0.15 and wrong["y_to_x_background_colour"] > 0.15
+
+
+def test_colour_errors_read_each_domains_own_strokes():
+    """Published-like pairs: X's digit mask is not Y's, so Y→X outputs are judged against X's own intensity.
+
+    X is drawn thicker than Y here (the default draws Y thicker): Y's thinner mask would then count X's stroke
+    edges as background, the bias this avoids."""
+    data = load_digits("embedded")
+    test = stroke_shift(data.test_images[:100], data.test_labels[:100], level_change_x=-0.25, level_change_y=0.0,
+                        size=32, seed=1)  # fmt: skip
+    assert not torch.allclose(test.intensity, test.intensity_y, atol=0.1)
+    torch.testing.assert_close(intensity_from_x(test.x, test.background_colour_x), test.intensity, atol=1e-4, rtol=0)
+    torch.testing.assert_close(intensity_from_y(test.y, test.digit_colour_y), test.intensity_y, atol=1e-4, rtol=0)
+    perfect = colour_errors(_perfect(test), test)
+    assert max(perfect.values()) < 5e-3, perfect
+    assert perfect["x_to_y_digit_colour"] < 1e-4 and perfect["y_to_x_background_colour"] < 1e-4
+    with_y_mask = colour_errors(_perfect(test), test, intensity_x=test.intensity_y)  # the error this avoids
+    assert with_y_mask["y_to_x_background_colour"] > 10 * perfect["y_to_x_background_colour"] + 1e-3
 
 
 def _tiny_model() -> IIAE:

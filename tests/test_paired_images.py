@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -100,8 +101,30 @@ def test_train_a_few_steps_through_the_cli(tmp_path, layout, capsys):
     assert (out / "translation.png").is_file() and (out / "model" / "model.safetensors").is_file()
     report = (out / "report.md").read_text()
     assert "paper (CdDN) top-1 %" in report and "84.9" in report and "44.3" in report  # the paper's table
-    assert main(["evaluate", str(out)]) == 0  # reads the same images back from the run's config
+    assert main(["evaluate", str(out), "--json", str(tmp_path / "all.json")]) == 0  # the run config's images
     assert "shared_x_to_y" in capsys.readouterr().out
+    _evaluate_test_pairs_alone(tmp_path, root, out, layout, capsys)
+
+
+def _evaluate_test_pairs_alone(tmp_path, root, run, layout, capsys):
+    """A folder of test pairs alone (test/ only, or the pairs directly inside) evaluates as the whole data set
+    does; training on it says the train split is missing."""
+    only_test, direct = tmp_path / "only_test", tmp_path / "direct"
+    shutil.copytree(root / "test", only_test / "test")
+    shutil.copytree(root / "test", direct)
+    expected = json.loads((tmp_path / "all.json").read_text())["retrieval"]
+    for folder in (only_test, direct):
+        result = tmp_path / f"{folder.name}.json"
+        assert main(["evaluate", str(run), "--data-root", str(folder), "--json", str(result)]) == 0, folder
+        metrics = json.loads(result.read_text())
+        assert metrics["retrieval"] == expected and metrics["evaluated"]["test_pairs"] == 6
+        assert str(folder) in metrics["evaluated"]["data_source"]  # names the folder the pairs came from
+    argv = ["train", "--config", "facades_64", "--data-root", str(only_test), "--out", str(tmp_path / "no"), *TINY,
+            "--set", f"data.layout={layout}"]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "training needs the split folder" in error and str(only_test / "train") in error and "holds: test" in error
+    assert not (tmp_path / "no").exists()
 
 
 # -------------------------------------------------------------------------------------------- bad input
@@ -152,7 +175,7 @@ def test_grayscale_and_rgba_are_converted_with_one_notice(tmp_path, caplog):
     Image.fromarray(_pixels(0, 16, 32, channels=1)).save(root / "train" / "3.png")
     Image.fromarray(_pixels(1, 16, 32, channels=4)).save(root / "train" / "4.png")
     Image.fromarray(_pixels(2, 16, 32, channels=1)).save(root / "train" / "5.png")
-    with caplog.at_level(logging.WARNING, logger="iiae.data"):
+    with caplog.at_level(logging.INFO, logger="iiae.data"):
         dataset = scan_split(root, "train", "ab", size=16)
     notices = [r for r in caplog.records if "converted" in r.getMessage()]
     assert len(notices) == 1 and "2 L, 1 RGBA" in notices[0].getMessage()

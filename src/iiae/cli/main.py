@@ -71,13 +71,13 @@ def _train_many(args: argparse.Namespace) -> int:
 
 def _resume_config(args: argparse.Namespace):
     """--resume RUN_DIR|auto: the run folder and its config (flags may change only iiae.runs.run_folder.RESUMABLE_CHANGES)."""
-    from iiae.core.config import load_config, resolve_config
+    from iiae.core.config import load_saved_config, resolve_config
     from iiae.runs.run_folder import check_resume_config, find_run_to_resume
 
     if args.out is not None:
         raise ConfigError("--resume continues a run in its own folder: give --resume RUN_DIR or --out, not both")
     run_dir = find_run_to_resume(args.resume, resolve_config(args.config).name)
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_saved_config(run_dir / "config.yaml")
     config = build_config(args, None if args.config else saved)
     check_resume_config(saved, config, run_dir)
     return config, run_dir
@@ -93,13 +93,14 @@ def _command_export(args: argparse.Namespace) -> int:
 
 def _trained_and_test_pairs(args: argparse.Namespace):
     """The trained model (run folder, model folder or .ckpt; see iiae.runs.trained), its run's config (unless --config
-    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs."""
+    is given; flags apply on top, the model's own architecture always wins) and that config's test pairs (an image
+    folder may hold its test pairs alone: no training split is read)."""
     from iiae.data.datasets import build_splits
     from iiae.runs.trained import load_trained
 
     trained = load_trained(args.model)
     config = trained.experiment_config(build_config(args, None if args.config else trained.run_config))
-    splits = build_splits(config)
+    splits = build_splits(config, for_training=False)
     _check_channels(trained, splits.test)
     return trained, splits, config
 
@@ -120,20 +121,28 @@ def _check_channels(trained, test) -> None:  # noqa: ANN001
 def _command_evaluate(args: argparse.Namespace) -> int:
     from iiae.evaluation.measures import measures_summary, run_measures
     from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
+    from iiae.evaluation.shift_suite import format_shift_suite, shift_suite_retrieval
     from iiae.run_files import METRICS
     from iiae.runs.trained import write_metrics
 
     if args.json and args.out:
         raise ConfigError("give --json FILE or --out DIR, not both")
+    if args.shift_pairs is not None and not args.shift_suite:
+        raise ConfigError("--shift-pairs sets the size of the shift suite's test sets: give it with --shift-suite")
     trained, splits, config = _trained_and_test_pairs(args)
     table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
     print(format_retrieval_table(table))
     measures = None if args.no_measures else run_measures(trained.model, splits, config.train.eval_batch_size)
     if measures:
         print(measures_summary(measures))
+    shift_suite = None
+    if args.shift_suite:
+        shift_suite = shift_suite_retrieval(trained.model, config.data, config.model.image_size,
+                                            config.train.eval_batch_size, args.shift_pairs)  # fmt: skip
+        print(format_shift_suite(shift_suite))
     target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
     path = write_metrics(target or trained.default_metrics_path(), table, trained, len(splits.test), splits.source,
-                         measures)  # fmt: skip
+                         measures, shift_suite)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -251,6 +260,11 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-measures", action="store_true",
                           help="retrieval only: skip the translation-fidelity and leakage measures (MNIST-CDCB); "
                           "a file's earlier measures are left as they are")  # fmt: skip
+    evaluate.add_argument("--shift-suite", action="store_true",
+                          help="also score shared retrieval on shifted MNIST-CDCB test sets (colours outside the "
+                          "training ranges, other strokes, JPEG, 256 px PNGs read back)")  # fmt: skip
+    evaluate.add_argument("--shift-pairs", type=int, metavar="N",
+                          help="pairs per shifted test set [all test digits]")
     evaluate.set_defaults(handler=_command_evaluate)
 
     translate = commands.add_parser("translate", help="translation, analogy and traversal PNGs of a trained model")

@@ -160,6 +160,9 @@ class DataConfig:
     # MNIST-CDCB: false (the paper's fixed data set): every epoch sees the same coloured pairs; true: every epoch
     # after the first draws new colours for the training pairs (from colour_seed and the epoch; test pairs fixed).
     recolour_every_epoch: bool = False
+    # MNIST-CDCB: published_like (the published data set's colours, re-rendered strokes and a digit mask per
+    # domain) or classic (the MNIST digit in both domains, bright colours; iiae 0.1's data). iiae.data.cdcb.
+    generator: Literal["published_like", "classic"] = "published_like"
     split_seed: int = 0  # seed of the 4,000 / 1,000 split of the embedded digits (and of held-out validation)
     num_workers: int = 0  # DataLoader worker processes (the in-memory MNIST-CDCB needs none)
     # Image datasets only (paired_images, facades, maps; see iiae.data.paired_images):
@@ -176,6 +179,9 @@ class DataConfig:
 
     def validate(self) -> None:
         check_seeds("data", self, "split_seed", "colour_seed")
+        generators = typing.get_args(typing.get_type_hints(DataConfig)["generator"])
+        if self.generator not in generators:
+            raise ConfigError(f"data.generator must be one of {', '.join(generators)}; got {self.generator!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.recolour_every_epoch and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
@@ -232,6 +238,8 @@ class TrainConfig:
         check_seeds("train", self, "seed")
         _positive(self, "steps", "batch_size", "learning_rate", "log_every", "eval_batch_size")
         _positive(self, "checkpoint_every", "keep_checkpoints")
+        if self.steps > 2**63 - 1:
+            raise ConfigError(f"train.steps must be at most 2^63 - 1 (the step counter's range), got {self.steps}")
         if self.skip_nonfinite_steps < 0:
             raise ConfigError(f"train.skip_nonfinite_steps must be >= 0, got {self.skip_nonfinite_steps}")
         if self.select_every < 0:
@@ -379,12 +387,34 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` as YAML (safe: no Python objects), a key given twice in a mapping refused; yaml.YAMLError if not."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``SECTION.KEY=VALUE`` (a command line ``--set``) as a key path and a YAML-parsed value."""
     if "=" not in text:
         raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0.5), got {text!r}")
     key, raw = text.split("=", 1)
-    return key.split("."), yaml.safe_load(raw)
+    try:
+        return key.split("."), parse_yaml(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key}: {raw!r} is not a valid value ({str(error).splitlines()[0]})") from None
 
 
 def set_by_path(values: dict[str, Any], path: list[str], value: Any) -> None:
@@ -420,6 +450,35 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     return _build(ExperimentConfig, values, "").validate()
 
 
+#: Keys added after run folders and checkpoints were first written, with the value that reproduces such a run.
+#: A key missing from a user's YAML takes today's default; one missing from a config the program saved (a run's
+#: config.yaml, a checkpoint's) was not there yet, and takes this value.
+ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("data", "generator"): "classic",  # runs of iiae 0.1 trained on the classic MNIST-CDCB
+}
+
+
+def saved_config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """:func:`config_from_dict` of a config the program saved: keys it lacks from :data:`ADDED_KEYS` take the
+    value its run was made with, not today's default."""
+    if isinstance(values, dict):
+        values = {name: dict(section) if isinstance(section, dict) else section for name, section in values.items()}
+        for (section, key), value in ADDED_KEYS.items():
+            if isinstance(values.get(section), dict) and key not in values[section]:
+                values[section][key] = value
+    return config_from_dict(values)
+
+
+def load_saved_config(path: str | Path) -> ExperimentConfig:
+    """:func:`load_config` of a config the program saved: a run folder's config.yaml (see
+    :func:`saved_config_from_dict`)."""
+    values = read_config_file(path, empty="sections model, loss, data, train")
+    try:
+        return saved_config_from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def read_config_file(path: str | Path, empty: str | None = None, bundled: list[str] | None = None) -> dict:
     """The values of a YAML config file; a ConfigError naming the file if it is missing or not YAML.
 
@@ -431,7 +490,7 @@ def read_config_file(path: str | Path, empty: str | None = None, bundled: list[s
         alternatives = f" (bundled configs: {', '.join(bundled)})" if bundled else ""
         raise ConfigError(f"config file {path} does not exist{alternatives}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = parse_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if values is None and empty is not None:

@@ -1,12 +1,15 @@
-"""Digit data for IIAE: IDX files, MNIST / Fashion-MNIST loading and the paired MNIST-CDCB domains."""
+"""Digit data for IIAE: IDX files, MNIST / Fashion-MNIST loading and the paired MNIST-CDCB domains (two
+generators, :mod:`iiae.data.cdcb`; shifted test sets, :mod:`iiae.data.shifts`)."""
 
 from __future__ import annotations
 
 from iiae.data.cdcb import (
+    GENERATORS,
     PairedImages,
     RecolouredCDCB,
     compose_cdcb,
     digit_intensity,
+    draw_cdcb,
     hsv_to_rgb,
     make_cdcb,
     random_colours,
@@ -16,12 +19,14 @@ from iiae.data.mnist import DATASETS, SOURCES, DigitSet, load_digits, split_indi
 
 __all__ = [
     "DATASETS",
+    "GENERATORS",
     "SOURCES",
     "DigitSet",
     "PairedImages",
     "RecolouredCDCB",
     "compose_cdcb",
     "digit_intensity",
+    "draw_cdcb",
     "hsv_to_rgb",
     "load_digits",
     "make_cdcb",

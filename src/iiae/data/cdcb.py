@@ -7,6 +7,16 @@ blends the two colours of each domain::
     X = background * (1 - m) + white * m        Y = digit_colour * m
 
 so the shared information is the digit's shape and the exclusive information is the colour of each domain.
+
+Two generators (``data.generator``):
+
+* ``published_like`` (the default) matches the published MNIST-CDCB in the three ways it is harder than plain
+  MNIST in colour: colours from nearly the whole RGB cube (saturation down to 0.05, value down to 0.2 for the
+  backgrounds and 0.4 for the digits: greyish and dark colours too), digits re-rendered at high resolution with
+  a pose of their own, and a digit mask of each domain (Y's strokes thicker than X's, independently drawn per
+  pair; :mod:`iiae.data.strokes`).
+* ``classic``: the MNIST digit itself in both domains (one mask), saturation and value in [0.5, 1]. Bit-identical
+  to the generator of iiae 0.1.
 """
 
 from __future__ import annotations
@@ -18,13 +28,38 @@ import torch
 from torch.nn.functional import interpolate, pad
 from torch.utils.data import Dataset
 
+from iiae.data.strokes import (
+    DIGIT_SIDE,
+    PADDED_SIDE,
+    PUBLISHED_STROKES,
+    StrokeDraws,
+    draw_strokes,
+    render_strokes,
+)
 from iiae.errors import ConfigError, DataError
 
-DIGIT_SIDE = 28
-PADDED_SIDE = 32
 MIN_SIZE = 8
-SATURATION_RANGE = (0.5, 1.0)
+SATURATION_RANGE = (0.5, 1.0)  # classic generator: saturation and value of every colour
 VALUE_RANGE = (0.5, 1.0)
+GENERATORS = ("published_like", "classic")  # values of data.generator
+DEFAULT_GENERATOR = "published_like"
+
+
+@dataclass(frozen=True)
+class ColourRanges:
+    """HSV ranges of a generator's colours (hue is always uniform in [0, 1))."""
+
+    saturation: tuple[float, float]
+    background_value: tuple[float, float]  # of the X (CB) backgrounds
+    digit_value: tuple[float, float]  # of the Y (CD) digits
+
+
+COLOUR_RANGES = {
+    "classic": ColourRanges(SATURATION_RANGE, VALUE_RANGE, VALUE_RANGE),
+    # The published pairs: greyish (saturation 0.05) and dark colours (value 0.2 behind a white digit, 0.4 for a
+    # digit on black, where darker would hide it).
+    "published_like": ColourRanges((0.05, 1.0), (0.2, 1.0), (0.4, 1.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -33,8 +68,10 @@ class PairedImages:
 
     ``background_colour_x`` is the CB background colour of each X image and ``digit_colour_y`` the CD digit
     colour of each Y image, both float32 ``[N, 3]`` RGB in [0, 1]. ``intensity`` (optional, MNIST-CDCB only) is
-    the digit intensity ``m`` of each pair, float32 ``[N, 1, S, S]``: what :class:`RecolouredCDCB` needs to draw
-    the pairs again in other colours.
+    the digit intensity ``m`` of each X image, float32 ``[N, 1, S, S]``, and ``intensity_y`` that of each Y image
+    where the domains' strokes differ (the published-like generator; None: Y's is ``intensity``): what
+    :class:`RecolouredCDCB` needs to draw the pairs again in other colours, in the ranges of ``generator``, the
+    MNIST-CDCB generator that made the pairs (None for other data sets).
     """
 
     x: torch.Tensor
@@ -43,6 +80,8 @@ class PairedImages:
     background_colour_x: torch.Tensor
     digit_colour_y: torch.Tensor
     intensity: torch.Tensor | None = None
+    intensity_y: torch.Tensor | None = None
+    generator: str | None = None
 
     def __post_init__(self) -> None:
         """Check that every field describes the same number of images."""
@@ -68,6 +107,8 @@ class PairedImages:
             background_colour_x=self.background_colour_x[index],
             digit_colour_y=self.digit_colour_y[index],
             intensity=None if self.intensity is None else self.intensity[index],
+            intensity_y=None if self.intensity_y is None else self.intensity_y[index],
+            generator=self.generator,
         )
 
 
@@ -86,17 +127,22 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.take_along_axis(candidates, sector_table[sector], axis=-1)
 
 
-def random_colours(count: int, generator: np.random.Generator) -> np.ndarray:
-    """Draw ``count`` bright RGB colours, float32 ``[count, 3]`` in [0, 1].
+def random_colours(
+    count: int,
+    generator: np.random.Generator,
+    saturation: tuple[float, float] = SATURATION_RANGE,
+    value: tuple[float, float] = VALUE_RANGE,
+) -> np.ndarray:
+    """Draw ``count`` RGB colours, float32 ``[count, 3]`` in [0, 1], from ``count x 3`` uniform numbers.
 
-    Hue is uniform in [0, 1), saturation and value uniform in [0.5, 1], so every colour is clearly visible
-    both as a CB background behind a white digit and as a CD digit on black.
+    Hue is uniform in [0, 1), saturation and value uniform in their ranges (by default [0.5, 1], the classic
+    generator's bright colours, clearly visible both behind a white digit and as a digit on black).
     """
     if count < 0:
         raise ConfigError(f"colour count must be >= 0, got {count}")
     uniform = generator.random((count, 3))
-    low = np.array([0.0, SATURATION_RANGE[0], VALUE_RANGE[0]])
-    high = np.array([1.0, SATURATION_RANGE[1], VALUE_RANGE[1]])
+    low = np.array([0.0, saturation[0], value[0]])
+    high = np.array([1.0, saturation[1], value[1]])
     hsv = low + uniform * (high - low)
     return hsv_to_rgb(hsv).astype(np.float32)
 
@@ -131,47 +177,107 @@ def digit_intensity(images: np.ndarray, size: int) -> torch.Tensor:
     return resized.clamp_(0.0, 1.0)
 
 
-def cdcb_colours(count: int, seed: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def check_generator(generator: str) -> None:
+    """ConfigError unless ``generator`` is one of :data:`GENERATORS`."""
+    if generator not in GENERATORS:
+        raise ConfigError(f"MNIST-CDCB generator must be one of {', '.join(GENERATORS)}; got {generator!r}")
+
+
+def draw_colours(
+    count: int, generator: np.random.Generator, name: str = "classic"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` CB background colours, then ``count`` CD digit colours, in the ranges of generator ``name``."""
+    ranges = COLOUR_RANGES[name]
+    background = torch.from_numpy(random_colours(count, generator, ranges.saturation, ranges.background_value))
+    return background, torch.from_numpy(random_colours(count, generator, ranges.saturation, ranges.digit_value))
+
+
+def cdcb_colours(count: int, seed: int | list[int], generator: str = "classic") -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` CB background colours, then ``count`` CD digit colours, from ``numpy.random.default_rng(seed)``."""
-    generator = np.random.default_rng(seed)
-    background = torch.from_numpy(random_colours(count, generator))
-    return background, torch.from_numpy(random_colours(count, generator))
+    return draw_colours(count, np.random.default_rng(seed), generator)
+
+
+@dataclass(frozen=True)
+class CDCBDraws:
+    """Everything random about ``N`` MNIST-CDCB pairs: colours ``[N, 3]`` and (published-like) stroke draws."""
+
+    background_colour_x: torch.Tensor
+    digit_colour_y: torch.Tensor
+    strokes: StrokeDraws | None  # None: the classic generator (the MNIST digit itself in both domains)
+
+    def __len__(self) -> int:
+        return len(self.background_colour_x)
+
+    def subset(self, index: slice | torch.Tensor) -> CDCBDraws:
+        """The draws of the pairs at ``index``."""
+        strokes = None if self.strokes is None else self.strokes.subset(index)
+        return CDCBDraws(self.background_colour_x[index], self.digit_colour_y[index], strokes)
+
+
+def draw_cdcb(count: int, seed: int, generator: str = DEFAULT_GENERATOR) -> CDCBDraws:
+    """The random part of ``count`` pairs, from ``numpy.random.default_rng(seed)``: the background colours, the
+    digit colours, then (published-like) 6 numbers per pair for the strokes. A function of (seed, count)."""
+    check_generator(generator)
+    rng = np.random.default_rng(seed)
+    background, digit_colour = draw_colours(count, rng, generator)
+    strokes = draw_strokes(count, rng) if generator == "published_like" else None
+    return CDCBDraws(background, digit_colour, strokes)
+
+
+def cdcb_intensities(images: np.ndarray, draws: CDCBDraws, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Digit intensities ``[N, 1, size, size]`` of X and of Y (None: Y's is X's, the classic generator)."""
+    if draws.strokes is None:
+        return digit_intensity(images, size), None
+    return render_strokes(images, draws.strokes, size, PUBLISHED_STROKES)
 
 
 def compose_cdcb(
-    intensity: torch.Tensor, background: torch.Tensor, digit_colour: torch.Tensor
+    intensity: torch.Tensor,
+    background: torch.Tensor,
+    digit_colour: torch.Tensor,
+    intensity_y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """X (white digit on ``background``) and Y (digit in ``digit_colour`` on black), ``[N, 3, S, S]`` in [-1, 1],
-    from the digit intensity ``[N, 1, S, S]`` and ``[N, 3]`` colours."""
+    from the digit intensity ``[N, 1, S, S]`` (of X, and of Y unless ``intensity_y`` is given) and ``[N, 3]``
+    colours."""
     # In [-1, 1]: X = 2*(b*(1-m) + m) - 1 = (2b - 1) + m*(2 - 2b);  Y = 2*c*m - 1. One pass over the output each.
     b, c = background[:, :, None, None], digit_colour[:, :, None, None]
     x = torch.addcmul(2.0 * b - 1.0, intensity, 2.0 - 2.0 * b)
-    y = torch.addcmul(torch.tensor(-1.0), intensity, 2.0 * c)
+    y = torch.addcmul(torch.tensor(-1.0), intensity if intensity_y is None else intensity_y, 2.0 * c)
     return x, y
 
 
 def make_cdcb(
-    images: np.ndarray, labels: np.ndarray, *, size: int = 32, seed: int = 0, keep_intensity: bool = False
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    size: int = 32,
+    seed: int = 0,
+    keep_intensity: bool = False,
+    generator: str = DEFAULT_GENERATOR,
 ) -> PairedImages:
-    """Build MNIST-CDCB pairs from uint8 ``[N, 28, 28]`` digits.
+    """Build MNIST-CDCB pairs from uint8 ``[N, 28, 28]`` digits with ``generator`` (see the module doc).
 
-    ``numpy.random.default_rng(seed)`` draws the N CB background colours first, then the N CD digit colours.
-    Returns X (white digit on coloured background) and Y (coloured digit on black), ``[N, 3, size, size]``
-    float32 in [-1, 1]; with ``keep_intensity`` also the digit intensities (for :class:`RecolouredCDCB`).
+    ``numpy.random.default_rng(seed)`` draws the N CB background colours first, then the N CD digit colours,
+    then (published-like) the strokes (:func:`draw_cdcb`). Returns X (white digit on coloured background) and Y
+    (coloured digit on black), ``[N, 3, size, size]`` float32 in [-1, 1]; with ``keep_intensity`` also the
+    digit intensities (for :class:`RecolouredCDCB`).
     """
     images = np.ascontiguousarray(images)  # torch.from_numpy refuses negative strides (e.g. images[::-1])
     labels = np.asarray(labels)
     _check_inputs(images, labels, size)
-    background, digit_colour = cdcb_colours(len(images), seed)
-    intensity = digit_intensity(images, int(size))
-    x, y = compose_cdcb(intensity, background, digit_colour)
+    draws = draw_cdcb(len(images), seed, generator)
+    intensity, intensity_y = cdcb_intensities(images, draws, int(size))
+    x, y = compose_cdcb(intensity, draws.background_colour_x, draws.digit_colour_y, intensity_y)
     return PairedImages(
         x=x,
         y=y,
         labels=torch.from_numpy(labels.astype(np.int64)),
-        background_colour_x=background,
-        digit_colour_y=digit_colour,
+        background_colour_x=draws.background_colour_x,
+        digit_colour_y=draws.digit_colour_y,
         intensity=intensity if keep_intensity else None,
+        intensity_y=intensity_y if keep_intensity else None,
+        generator=generator,
     )
 
 
@@ -180,17 +286,19 @@ class RecolouredCDCB(Dataset):
 
     Epoch 0 serves ``pairs`` as they are (the fixed colours); epoch e > 0 draws every pair's CB background and
     CD digit colour again from ``numpy.random.default_rng([seed, e])``, so the colours are a function of (seed,
-    epoch) and a resumed or multi-process run sees the pairs a single uninterrupted run sees. The digits never
-    change. Keys are ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler` with ``with_epoch``), so the
-    epoch reaches DataLoader workers too.
+    epoch) and a resumed or multi-process run sees the pairs a single uninterrupted run sees, in the colour
+    ranges of the generator that made the pairs. The digits (and strokes) never change. Keys are
+    ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler` with ``with_epoch``), so the epoch
+    reaches DataLoader workers too.
     """
 
     indexed_by_epoch = True  # read by iiae.engine.resume.ResumableDataLoader
 
     def __init__(self, pairs: PairedImages, seed: int) -> None:
-        if pairs.intensity is None:
+        if pairs.intensity is None or pairs.generator is None:
             raise DataError("RecolouredCDCB needs pairs made with make_cdcb(..., keep_intensity=True)")
-        self.pairs, self.seed = pairs, seed
+        check_generator(pairs.generator)
+        self.pairs, self.seed, self.generator = pairs, seed, pairs.generator
         self._colours: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, backgrounds, digit colours)
 
     def __len__(self) -> int:
@@ -201,7 +309,7 @@ class RecolouredCDCB(Dataset):
         if epoch == 0:
             return self.pairs.background_colour_x, self.pairs.digit_colour_y
         if self._colours is None or self._colours[0] != epoch:
-            self._colours = (epoch, *cdcb_colours(len(self.pairs), [self.seed, epoch]))
+            self._colours = (epoch, *cdcb_colours(len(self.pairs), [self.seed, epoch], self.generator))
         return self._colours[1], self._colours[2]
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,8 +322,10 @@ class RecolouredCDCB(Dataset):
         if epoch == 0:
             return self.pairs.x[index], self.pairs.y[index]
         background, digit_colour = self.colours(epoch)
-        assert self.pairs.intensity is not None
-        return compose_cdcb(self.pairs.intensity[index], background[index], digit_colour[index])
+        intensity, intensity_y = self.pairs.intensity, self.pairs.intensity_y
+        assert intensity is not None
+        return compose_cdcb(intensity[index], background[index], digit_colour[index],
+                            None if intensity_y is None else intensity_y[index])  # fmt: skip
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([key])

@@ -10,6 +10,10 @@ training, the retrieval evaluation and the figures treat every dataset the same 
 Validation pairs are always disjoint from the training pairs: a ``validation_split`` folder (Facades: val/),
 or else ``validation_fraction`` of the training pairs held out by ``split_seed`` (Maps, whose official run
 validated on copies of training images; Cars hold out whole cars), in ``splits.validation``.
+
+Evaluating a trained model needs only test pairs: ``build_splits(config, for_training=False)`` reads an image
+folder that holds its ``test_split`` folder alone, or the test images directly (AB files, or X/ and Y/), and
+reads no training images (their ``train`` is empty).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from pathlib import Path
 from iiae.core.config import DataConfig, ExperimentConfig, ModelConfig
 from iiae.data.cars import TEST_CARS, TRAIN_CARS, car_files, load_cars
 from iiae.data.download import ensure_pix2pix_dataset
-from iiae.data.paired_images import scan_split
+from iiae.data.paired_images import PairedImageFolder, scan_split, sorted_images
 from iiae.data.splits import PairedSplits, build_cdcb_splits, held_out_indices
 from iiae.errors import ConfigError, DataError
 
 Builder = Callable[[DataConfig, ModelConfig], PairedSplits]
+TestBuilder = Callable[[DataConfig, ModelConfig], PairedSplits]  # the test pairs only (train empty)
 
 
 def _root(data: DataConfig) -> Path:
@@ -48,6 +53,11 @@ def build_image_splits(data: DataConfig, model: ModelConfig) -> PairedSplits:
         return scan_split(root, split, data.layout, model.image_size, model.x_channels, model.y_channels,
                           data.swap, data.skip_bad)  # fmt: skip
 
+    if not (root / data.train_split).is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        where = f"{root} holds: {', '.join(present)}" if present else f"{root} does not exist or holds no folders"
+        raise DataError(f"training needs the split folder {root / data.train_split}, which does not exist ({where}); "
+                        "iiae evaluate reads a folder of test pairs alone")  # fmt: skip
     train, test = scan(data.train_split), scan(data.test_split)
     if data.validation_split is not None:
         validation = scan(data.validation_split)
@@ -60,6 +70,31 @@ def build_image_splits(data: DataConfig, model: ModelConfig) -> PairedSplits:
     splits = f"train {data.train_split}/, test {data.test_split}/"
     source = f"{data.dataset} images in {root} ({data.layout} layout; {splits})"
     return PairedSplits(train=train, test=test, source=source, validation=validation)
+
+
+def _holds_test_pairs_directly(root: Path, layout: str) -> bool:
+    """True if ``root`` itself holds pairs: AB image files, or X/ and Y/ folders (``layout`` folders)."""
+    if layout == "folders":
+        return (root / "X").is_dir() and (root / "Y").is_dir()
+    return bool(sorted_images(root))
+
+
+def build_image_test_split(data: DataConfig, model: ModelConfig) -> PairedSplits:
+    """The test pairs of an image set, without its training pairs: ``root/<test_split>``, else the pairs directly
+    inside ``root`` (a folder of test pairs alone); ``train`` is empty."""
+    root = _root(data)
+    if data.source == "download" and data.dataset in ("facades", "maps"):
+        ensure_pix2pix_dataset(data.dataset, root)
+    size, channels = model.image_size, (model.x_channels, model.y_channels)
+    if not (root / data.test_split).is_dir() and root.is_dir() and _holds_test_pairs_directly(root, data.layout):
+        test = scan_split(root.parent, root.name, data.layout, size, *channels, data.swap, data.skip_bad)
+        where = f"{root}"
+    else:
+        test = scan_split(root, data.test_split, data.layout, size, *channels, data.swap, data.skip_bad)
+        where = f"{root / data.test_split}"
+    empty = PairedImageFolder([], size, *channels, source="no training pairs read (evaluation)")
+    source = f"{data.dataset} test images in {where} ({data.layout} layout)"
+    return PairedSplits(train=empty, test=test, source=source)
 
 
 def build_cars_splits(data: DataConfig, model: ModelConfig) -> PairedSplits:
@@ -94,9 +129,27 @@ DATASETS: dict[str, Builder] = {
 }
 
 
-def build_splits(config: ExperimentConfig) -> PairedSplits:
+#: ``data.dataset`` -> builder of its test pairs alone, where reading them alone saves reading the training pairs.
+TEST_ONLY: dict[str, TestBuilder] = {
+    "paired_images": build_image_test_split,
+    "facades": build_image_test_split,
+    "maps": build_image_test_split,
+}
+
+
+def build_splits(config: ExperimentConfig, *, for_training: bool = True) -> PairedSplits:
     """Train and test pairs of ``config.data.dataset`` at the model's image size and channels; DataError when a
-    split a run needs is empty (found before any training, not after it)."""
+    split a run needs is empty (found before any training, not after it).
+
+    ``for_training=False`` (evaluation): image sets read their test pairs alone (:func:`build_image_test_split`:
+    no training split needed); the in-memory data sets are built whole (MNIST-CDCB's measures train a digit
+    classifier on its training pairs).
+    """
+    if not for_training and config.data.dataset in TEST_ONLY:
+        splits = TEST_ONLY[config.data.dataset](config.data, config.model)
+        if len(splits.test) == 0:
+            raise DataError(f"the test split of {splits.source} holds no pairs")
+        return splits
     splits = DATASETS[config.data.dataset](config.data, config.model)
     for name, pairs in (("training", splits.train), ("test", splits.test)):
         if len(pairs) == 0:

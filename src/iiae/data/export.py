@@ -8,7 +8,6 @@ quantised images). ``--format folders`` writes ``DIR/<split>/X/<n>.png`` and ``D
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,10 @@ import torch
 from PIL import Image
 
 from iiae.core.config import ExperimentConfig
-from iiae.data.cdcb import compose_cdcb, digit_intensity
+from iiae.data.cdcb import CDCBDraws, cdcb_intensities, compose_cdcb, draw_cdcb
 from iiae.data.mnist import load_digits
-from iiae.data.splits import build_cdcb_splits
-from iiae.errors import OutputError
+from iiae.data.splits import cdcb_seeds
+from iiae.errors import ConfigError, OutputError
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -60,29 +59,39 @@ def check_export_folder(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- MNIST-CDCB
-_CHUNK = 256
+_CHUNK = 256  # pairs rendered at once, at most
+CHUNK_BYTES = 2**28  # and at most this many bytes of float pixels (X and Y): 256 MiB
+MAX_EXPORT_SIZE = 2048  # pixels a side (the published pairs are 256)
 
 
-def _render_cdcb(digits, background: torch.Tensor, digit_colour: torch.Tensor, size: int):
-    """MNIST-CDCB at ``size`` with given colours (:func:`iiae.data.cdcb.compose_cdcb`), in chunks."""
-    for start in range(0, len(digits), _CHUNK):
-        chunk = slice(start, start + _CHUNK)
-        yield compose_cdcb(digit_intensity(digits[chunk], size), background[chunk], digit_colour[chunk])
+def _render_cdcb(digits: np.ndarray, draws: CDCBDraws, size: int):
+    """MNIST-CDCB at ``size`` from the pairs' random draws (:func:`iiae.data.cdcb.compose_cdcb`), in chunks."""
+    pairs = max(1, min(_CHUNK, CHUNK_BYTES // (2 * 3 * 4 * size * size)))
+    for start in range(0, len(digits), pairs):
+        chunk = slice(start, start + pairs)
+        part = draws.subset(chunk)
+        intensity, intensity_y = cdcb_intensities(digits[chunk], part, size)
+        yield compose_cdcb(intensity, part.background_colour_x, part.digit_colour_y, intensity_y)
 
 
 def export_cdcb(config: ExperimentConfig, out: Path, size: int, layout: str, limit: int | None) -> dict[str, int]:
-    """Write the train and test pairs of a CDCB config (colours exactly as training draws them)."""
+    """Write the train and test pairs of a CDCB config: colours and strokes exactly as training draws them
+    (:func:`iiae.data.splits.build_cdcb_splits`), rendered at ``size``."""
+    if not 1 <= size <= MAX_EXPORT_SIZE:
+        raise ConfigError(f"--size must be in [1, {MAX_EXPORT_SIZE}] pixels, got {size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1 pairs per split, got {limit}")
     data = config.data  # every training pair is written: a reader holds out validation pairs by the same rule
-    colours = build_cdcb_splits(replace(data, validation_fraction=0.0), 8)  # training's colours; size 8 is cheap
     dataset = "fashion_mnist" if data.dataset == "fashion_mnist_cdcb" else "mnist"
     digits = load_digits(data.source, data.root, dataset=dataset, split_seed=data.split_seed)
     counts = {}
-    splits = (("train", digits.train_images, colours.train), ("test", digits.test_images, colours.test))
-    for split, images, pairs in splits:
+    train_seed, test_seed = cdcb_seeds(data)
+    splits = (("train", digits.train_images, train_seed), ("test", digits.test_images, test_seed))
+    for split, images, seed in splits:
+        draws = draw_cdcb(len(images), seed, data.generator)  # all pairs' draws, as training draws them
         images = images[:limit] if limit else images
         written = 0
-        background, digit_colour = pairs.background_colour_x[: len(images)], pairs.digit_colour_y[: len(images)]
-        for x, y in _render_cdcb(images, background, digit_colour, size):
+        for x, y in _render_cdcb(images, draws.subset(slice(0, len(images))), size):
             written += export_pairs(x, y, out / split, layout, first=written + 1)
         counts[split] = written
     return counts

@@ -245,7 +245,7 @@ def _note_conversions(folder: Path, converted: dict[str, int], target: tuple[str
     """One notice per split when images had to be converted (grayscale, RGBA, palette ... to RGB)."""
     if converted:
         modes = ", ".join(f"{count} {mode}" for mode, count in sorted(converted.items()))
-        LOG.warning("iiae: note: images in %s converted to %s: %s", folder, "/".join(sorted(set(target))), modes)
+        LOG.info("iiae: note: images in %s converted to %s: %s", folder, "/".join(sorted(set(target))), modes)
 
 
 def _split_folder(root: Path, split: str) -> Path:

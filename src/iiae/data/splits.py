@@ -63,8 +63,13 @@ def held_out_indices(count: int, fraction: float, seed: int) -> tuple[list[int],
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
+def cdcb_seeds(data: DataConfig) -> tuple[int, int]:
+    """Seeds of the random draws (:func:`iiae.data.cdcb.draw_cdcb`) of the training and of the test pairs."""
+    return 2 * data.colour_seed, 2 * data.colour_seed + 1
+
+
 def build_cdcb_splits(data: DataConfig, image_size: int) -> PairedSplits:
-    """MNIST-CDCB (or Fashion-MNIST-CDCB) train, validation and test pairs.
+    """MNIST-CDCB (or Fashion-MNIST-CDCB) train, validation and test pairs, made by ``data.generator``.
 
     Train and test colours use different seeds; ``data.validation_fraction`` of the training pairs (by
     ``data.split_seed``) are held out as validation pairs, disjoint from the pairs trained on. The test pairs do
@@ -72,15 +77,17 @@ def build_cdcb_splits(data: DataConfig, image_size: int) -> PairedSplits:
     """
     dataset = "fashion_mnist" if data.dataset == "fashion_mnist_cdcb" else "mnist"
     digits = load_digits(data.source, data.root, dataset=dataset, split_seed=data.split_seed)
-    train_seed = 2 * data.colour_seed
+    train_seed, test_seed = cdcb_seeds(data)
     train = make_cdcb(digits.train_images, digits.train_labels, size=image_size, seed=train_seed,
-                      keep_intensity=data.recolour_every_epoch)  # fmt: skip
+                      keep_intensity=data.recolour_every_epoch, generator=data.generator)  # fmt: skip
     kept, held = held_out_indices(len(train), data.validation_fraction, data.split_seed)
     if not kept:
         raise ConfigError(f"data.validation_fraction = {data.validation_fraction} leaves no training pairs")
     return PairedSplits(
         train=train.subset(kept) if held else train,
-        test=make_cdcb(digits.test_images, digits.test_labels, size=image_size, seed=train_seed + 1),
+        test=make_cdcb(
+            digits.test_images, digits.test_labels, size=image_size, seed=test_seed, generator=data.generator
+        ),
         source=digits.source,
         validation=train.subset(held) if held else None,
         recolour_seed=train_seed if data.recolour_every_epoch else None,

@@ -212,6 +212,9 @@ class RunCheckpoint(ModelCheckpoint):
         with warnings.catch_warnings():  # a new run's folder is empty; a resumed run's holds its checkpoints
             warnings.filterwarnings("ignore", ".*exists and is not empty.*")
             super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath is not None and Path(self.dirpath).is_dir():
+            for leftover in Path(self.dirpath).glob(".*.tmp"):  # a write that a kill interrupted (before training:
+                leftover.unlink(missing_ok=True)  # a resumed run that has no step left to train removes it too)
 
     @staticmethod
     def _io(trainer: Any) -> AtomicCheckpointIO:
@@ -299,8 +302,6 @@ class RunCheckpoint(ModelCheckpoint):
             match = STEP_CHECKPOINT.match(path.name)
             if match and int(match.group(1)) <= trainer.global_step and path.resolve() not in kept:
                 path.unlink(missing_ok=True)
-        for leftover in Path(self.dirpath).glob(".*.tmp"):  # a write that a kill interrupted
-            leftover.unlink(missing_ok=True)
 
     def _track_step_files_on_disk(self, global_step: int) -> None:
         """Set ModelCheckpoint's top-k state to the newest ``save_top_k`` step files up to ``global_step``."""
@@ -374,7 +375,7 @@ def newest_checkpoint(run_dir: Path, config: ExperimentConfig) -> tuple[Path, di
     files = checkpoint_files(run_dir)
     if not files:
         raise CheckpointError(f"cannot resume {run_dir}: {run_dir / CHECKPOINTS} holds no checkpoint (*.ckpt)")
-    problems = []
+    problems, mismatches = [], []
     for path in files:
         try:
             checkpoint = load_checkpoint(path)
@@ -383,13 +384,20 @@ def newest_checkpoint(run_dir: Path, config: ExperimentConfig) -> tuple[Path, di
                 raise
             problems.append(str(error))
             continue
-        check_checkpoint_matches(checkpoint, config, path)  # another model's checkpoint: refused, not skipped
+        try:
+            check_checkpoint_matches(checkpoint, config, path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            mismatches.append(str(error))
+            continue
         try:
             check_resume_fields(checkpoint, path)
         except CheckpointError as error:
             problems.append(str(error))
             continue
-        for problem in problems:
+        for problem in problems:  # a newer file damaged (its weights too): an older one that fits is used
             LOG.warning("iiae: warning: skipped %s", problem)
         return path, checkpoint
+    if mismatches and len(mismatches) == len(files):  # every checkpoint is another model's: config.yaml changed
+        raise CheckpointError(mismatches[0])
     raise CheckpointError(f"cannot resume {run_dir}: no checkpoint loads ({problems[0]})")

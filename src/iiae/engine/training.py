@@ -6,6 +6,8 @@ Lightning's loop, optimiser, logging and checkpoints.
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,7 +33,11 @@ class PairedDataModule(L.LightningDataModule):
 
     def __init__(self, splits: PairedSplits, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
+        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+        # more loader processes than CPUs only slow decoding down (PyTorch warns about it): the CPUs this process
+        # may use bound them; the batches do not depend on the count
+        self.num_workers = min(num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count() or 1)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         train = self.splits.train  # lazy image datasets are Datasets already; in-memory pairs get wrapped

@@ -1,7 +1,9 @@
 """Translation fidelity on MNIST-CDCB: does the digit survive translation, and do the colours obey the codes?
 
-Ground truth of a test pair i: its digit intensity ``m_i`` (recovered exactly from y_i = c_i·m_i), the X
-background colour ``b_i`` and the Y digit colour ``c_i`` (RGB in [0, 1]). With images mapped to [0, 1]:
+Ground truth of a test pair i: its digit intensities (``m_i`` recovered exactly from y_i = c_i·m_i, and X's own
+from x_i = b_i(1 - m) + m, which differs from Y's for the published-like generator), the X background colour
+``b_i`` and the Y digit colour ``c_i`` (RGB in [0, 1]). Measures on X→Y outputs read Y's intensity, measures
+on Y→X outputs X's. With images mapped to [0, 1]:
 
 * **class accuracy**: the project's digit classifier (:mod:`iiae.evaluation.digit_classifier`) on real test images and on
   X→Y and Y→X translations whose exclusive code is drawn from the prior (the digit must survive);
@@ -42,6 +44,18 @@ def intensity_from_y(y: torch.Tensor, digit_colour_y: torch.Tensor) -> torch.Ten
     """
     colour = digit_colour_y.float()[:, :, None, None]
     return ((to_unit(y) * colour).sum(dim=1, keepdim=True) / colour.square().sum(dim=1, keepdim=True)).clamp(0, 1)
+
+
+def intensity_from_x(x: torch.Tensor, background_colour_x: torch.Tensor) -> torch.Tensor:
+    """The digit intensity m [N, 1, S, S] of CB images x = b(1 - m) + m (in [-1, 1]) with known backgrounds b [N, 3].
+
+    Least squares over the channels: m = <x - b, 1 - b> / <1 - b, 1 - b>, exact for MNIST-CDCB pairs (a
+    background is never white: its saturation is at least 0.05).
+    """
+    background = background_colour_x.float()[:, :, None, None]
+    lift = 1.0 - background
+    numerator = ((to_unit(x) - background) * lift).sum(dim=1, keepdim=True)
+    return (numerator / lift.square().sum(dim=1, keepdim=True).clamp(min=1e-12)).clamp(0, 1)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
@@ -122,20 +136,27 @@ def translate_test_pairs(
 
 
 def colour_errors(
-    translations: dict[str, torch.Tensor], test: PairedImages, intensity: torch.Tensor | None = None
+    translations: dict[str, torch.Tensor],
+    test: PairedImages,
+    intensity: torch.Tensor | None = None,
+    intensity_x: torch.Tensor | None = None,
 ) -> dict[str, float | None]:
-    """The four colour errors of :func:`translate_test_pairs` outputs against the test pairs' ground truth."""
+    """The four colour errors of :func:`translate_test_pairs` outputs against the test pairs' ground truth:
+    X→Y outputs read Y's digit intensity (``intensity``, else recovered from ``test.y``), Y→X outputs X's
+    (``intensity_x``, else recovered from ``test.x``)."""
     if intensity is None:
         intensity = intensity_from_y(test.y, test.digit_colour_y)
+    if intensity_x is None:
+        intensity_x = intensity_from_x(test.x, test.background_colour_x)
     return {
         "x_to_y_background_vs_black": background_error_vs_black(translations["x_to_y_prior"], intensity),
         "x_to_y_digit_colour": colour_error(
             fitted_digit_colour(translations["x_to_y_paired"], intensity), test.digit_colour_y
         ),
         "y_to_x_background_colour": colour_error(
-            fitted_background_colour(translations["y_to_x_paired"], intensity), test.background_colour_x
+            fitted_background_colour(translations["y_to_x_paired"], intensity_x), test.background_colour_x
         ),
-        "y_to_x_digit_vs_white": digit_error_vs_white(translations["y_to_x_prior"], intensity),
+        "y_to_x_digit_vs_white": digit_error_vs_white(translations["y_to_x_prior"], intensity_x),
     }
 
 

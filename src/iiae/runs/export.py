@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iiae.atomic import atomic_folder
-from iiae.core.config import load_config
+from iiae.core.config import load_saved_config
 from iiae.engine.checkpointing import newest_checkpoint
 from iiae.errors import CheckpointError
 from iiae.run_files import BEST_CHECKPOINT, CHECKPOINTS, CONFIG
@@ -27,7 +27,7 @@ def export_model(source: Path, out: Path, last: bool = False) -> tuple[Path, int
         if not config_path.is_file():
             raise CheckpointError(f"cannot export {source}: no {CONFIG}; expected a run folder or a .ckpt file")
         best = source / CHECKPOINTS / BEST_CHECKPOINT
-        source = best if best.is_file() and not last else newest_checkpoint(source, load_config(config_path))[0]
+        source = best if best.is_file() and not last else newest_checkpoint(source, load_saved_config(config_path))[0]
     trained = load_trained(source)  # weights_only, checked against the config saved in the checkpoint
     with atomic_folder(out) as staging:  # out appears only once complete
         trained.model.save_pretrained(staging)

@@ -53,6 +53,7 @@ class ImageRunMetrics(TrainingFacts, total=False):
     experiment: str
     run_dir: str
     retrieval: dict[str, dict[str, float]]  # direction -> top1, hits, recall_at_5, recall_at_10, median_rank, count
+    shift_suite: dict[str, dict[str, float]]  # iiae evaluate --shift-suite: test set -> shared top-1 both ways, count
     paper: dict[str, float]
     train_pairs: int
     validation_pairs: int

@@ -216,6 +216,9 @@ def check_resume_config(saved: Any, requested: Any, run_dir: Path, allowed: set[
 def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None:
     """The checkpoint ``--resume`` continues from; None for a run stopped before its first checkpoint (it trains
     again from step 0 in its folder); OutputError if the run already finished its steps or stopped early."""
+    folder = run_dir / CHECKPOINTS
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot resume {run_dir}: {folder} is not a folder (a run keeps its checkpoints there)")
     if not checkpoint_files(run_dir) and not (run_dir / METRICS).is_file():
         LOG.warning("iiae: note: %s holds no checkpoint yet (stopped before the first one): training starts again "
                     "from step 0", run_dir)  # fmt: skip
@@ -233,4 +236,7 @@ def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None
             f"run {run_dir} already finished its {step} steps (its metrics.json is written); "
             f"pass --steps N with N > {step} to train it further"
         )
+    if step > config.train.steps:
+        raise ConfigError(f"--steps {config.train.steps} is below the step of the checkpoint it resumes from "
+                          f"({step}, {path}); pass --steps N with N >= {step}")  # fmt: skip
     return path

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from iiae.atomic import atomic_write_json, atomic_write_text
-from iiae.core.config import ExperimentConfig, config_from_dict, set_by_path
+from iiae.core.config import ExperimentConfig, config_from_dict, parse_yaml, set_by_path
 from iiae.errors import ConfigError
 from iiae.evaluation.measures import CODE_NAMES
 from iiae.run_files import SWEEP_SUMMARY, SWEEP_SUMMARY_MARKDOWN
@@ -77,7 +77,7 @@ def parse_sweep(text: str) -> tuple[str, list[object]]:
     if len(set(raw)) != len(raw):
         raise ConfigError(f"--sweep lists a value twice: {text!r}")
     try:
-        return key.strip(), [yaml.safe_load(value) for value in raw]
+        return key.strip(), [parse_yaml(value) for value in raw]
     except yaml.YAMLError:
         raise ConfigError(f"--sweep value in {text!r} is not a valid value") from None
 

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from iiae.atomic import atomic_write_json
-from iiae.core.config import ExperimentConfig, config_from_dict, load_config
+from iiae.core.config import (
+    ExperimentConfig,
+    config_from_dict,
+    load_saved_config,
+    saved_config_from_dict,
+)
 from iiae.core.model import CONFIG_FILE, IIAE
 from iiae.engine.checkpointing import (
     check_checkpoint_matches,
@@ -62,7 +67,7 @@ class TrainedModel:
 
 def _run_config(folder: Path) -> ExperimentConfig | None:
     path = folder / CONFIG
-    return load_config(path) if path.is_file() else None
+    return load_saved_config(path) if path.is_file() else None
 
 
 def _from_checkpoint(path: Path) -> TrainedModel:
@@ -72,7 +77,7 @@ def _from_checkpoint(path: Path) -> TrainedModel:
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {path} holds no iiae config (hyper_parameters.config): not an iiae run?")
     try:
-        config = config_from_dict(saved)
+        config = saved_config_from_dict(saved)
     except ConfigError as error:
         raise CheckpointError(f"checkpoint {path} holds an invalid iiae config: {error}") from None
     check_checkpoint_matches(checkpoint, config, path)
@@ -118,6 +123,7 @@ def write_metrics(
     test_pairs: int,
     data_source: str,
     measures: dict | None = None,
+    shift_suite: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write the retrieval table (and what was evaluated) as JSON; an existing metrics file keeps its other keys.
 
@@ -136,6 +142,8 @@ def write_metrics(
         if not isinstance(existing, dict):
             raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
     existing["retrieval"] = table
+    if shift_suite is not None:  # iiae.evaluation.shift_suite; a file's earlier suite is kept otherwise
+        existing["shift_suite"] = shift_suite
     if measures is not None:
         for key in MEASURE_KEYS:
             existing.pop(key, None)
