@@ -211,7 +211,6 @@ def test_selection_record_is_what_the_rule_reads():
 # ----------------------------------------------------------------------------------------------- end to end
 PATIENCE = ["--set", "train.max_exclusive_hits=null", "--set", "train.select_every=5",
             "--set", "train.early_stop_patience=3"]  # fmt: skip
-STOP_STEP = 20  # the tiny run's validation score does not move after step 5: evaluations 10, 15, 20 stop it
 
 
 @pytest.fixture(scope="module")
@@ -220,56 +219,65 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stopped(tmp_path_factory, data) -> tuple[Path, str]:
-    """An uninterrupted tiny run that stops early; its folder and stderr."""
+def stopped(tmp_path_factory, data) -> tuple[Path, str, int]:
+    """An uninterrupted tiny run that stops early; its folder, stderr and stopping step."""
     out = tmp_path_factory.mktemp("stopped") / "run"
     result = run_cli(["train", "--out", str(out), *tiny_args(data), *PATIENCE])
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stderr
+    stop_step = json.loads((out / "metrics.json").read_text())["steps"]
+    assert 20 <= stop_step < 30, stop_step  # the earliest stop: first evaluation at 5, then 3 without improvement
+    return out, result.stderr, stop_step
 
 
 @pytest.mark.slow
 def test_a_tiny_run_stops_early_and_records_why(stopped, capsys):
-    out, stderr = stopped
+    out, stderr, stop_step = stopped
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) <= keys_of(ImageRunMetrics), set(metrics) - keys_of(ImageRunMetrics)
     early = metrics["early_stopping"]
     assert set(early) <= keys_of(EarlyStoppingFacts), set(early) - keys_of(EarlyStoppingFacts)
-    assert early["early_stopped"] is True and early["stopped_at_step"] == STOP_STEP == metrics["steps"]
+    assert early["early_stopped"] is True and early["stopped_at_step"] == stop_step == metrics["steps"]
     assert early["patience"] == 3 and early["evaluations_without_improvement"] == 3
-    assert [record["step"] for record in metrics["selection"]["history"]] == [5, 10, 15, 20]
-    assert f"iiae: early stop at step {STOP_STEP}: no improvement" in stderr  # the log says why
-    assert f"Early stopping: **stopped at step {STOP_STEP}**" in (out / "report.md").read_text()
-    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == STOP_STEP
+    assert early["last_improvement_step"] == stop_step - 15
+    history = metrics["selection"]["history"]
+    assert [record["step"] for record in history] == list(range(5, stop_step + 1, 5))
+    replay = PatienceStop(patience=3)  # the recorded evaluations, through the rule: it stops at the last one
+    assert [replay.update(record) for record in history] == [False] * (len(history) - 1) + [True]
+    assert f"iiae: early stop at step {stop_step}: no improvement" in stderr  # the log says why
+    assert f"Early stopping: **stopped at step {stop_step}**" in (out / "report.md").read_text()
+    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == stop_step
     with open(out / "logs" / "metrics.csv", newline="") as handle:
-        assert max(int(row["step"]) for row in csv.DictReader(handle)) == STOP_STEP  # nothing after the stop
+        assert max(int(row["step"]) for row in csv.DictReader(handle)) == stop_step  # nothing after the stop
     # finished: --resume refuses, even with more steps
     assert main_one_thread(["train", "--resume", str(out), "--steps", "60"]) == 2
-    assert f"already finished: it stopped early at step {STOP_STEP}" in capsys.readouterr().err
+    assert f"already finished: it stopped early at step {stop_step}" in capsys.readouterr().err
 
 
-def _same_stopped_run(run: Path, reference: Path) -> None:
+def _same_stopped_run(run: Path, reference: Path, stop_step: int) -> None:
     assert (run / "logs/metrics.csv").read_text() == (reference / "logs/metrics.csv").read_text()
     model_file = Path("model") / "model.safetensors"
     assert (run / model_file).read_bytes() == (reference / model_file).read_bytes()
     metrics, expected = (json.loads((folder / "metrics.json").read_text()) for folder in (run, reference))
-    assert metrics["steps"] == expected["steps"] == STOP_STEP
+    assert metrics["steps"] == expected["steps"] == stop_step
     assert metrics["early_stopping"] == expected["early_stopping"]
     assert metrics["selection"]["history"] == expected["selection"]["history"]
 
 
 @pytest.mark.slow
 def test_a_run_killed_before_its_stop_resumes_and_stops_at_the_same_step(tmp_path, data, stopped):
-    k = random.Random(14).randint(6, STOP_STEP - 2)  # after the first evaluation: the counter must survive the kill
+    reference, _, stop_step = stopped
+    improved_at = json.loads((reference / "metrics.json").read_text())["early_stopping"]["last_improvement_step"]
+    # killed between the last improvement and the stop: a resumed run that lost the counter would train on
+    k = random.Random(14).randint(improved_at + 1, stop_step - 2)
     out = tmp_path / "killed"
     process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data), *PATIENCE])
     wait_until(process, lambda: newest_step(out) >= k, f"a checkpoint of step >= {k}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     killed_at = newest_step(out)
-    assert not (out / "metrics.json").exists() and k <= killed_at < STOP_STEP, killed_at
+    assert not (out / "metrics.json").exists() and k <= killed_at < stop_step, killed_at
     assert main_one_thread(["train", "--resume", str(out)]) == 0, f"killed at step {killed_at}"
-    _same_stopped_run(out, stopped[0])
+    _same_stopped_run(out, reference, stop_step)
 
 
 # Stops the run after training (its stopping step checkpointed), before metrics.json: a kill lands there.
@@ -288,15 +296,16 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_a_run_killed_after_its_stopping_step_finishes_without_training_more(tmp_path, data, stopped):
+    reference, _, stop_step = stopped
     out = tmp_path / "killed"
     process = start_cli(HANG_AFTER_TRAINING, ["train", "--out", str(out), *tiny_args(data), *PATIENCE])
     wait_until(process, lambda: (out / "trained").exists(), "the end of training")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not (out / "metrics.json").exists()
-    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == STOP_STEP
+    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == stop_step
     assert main_one_thread(["train", "--resume", str(out)]) == 0
-    _same_stopped_run(out, stopped[0])
+    _same_stopped_run(out, reference, stop_step)
 
 
 # Runs the CLI with process 1 alone deciding to stop at step STOP_AT (its rule patched): under DDP process 0 must

@@ -236,6 +236,7 @@ def early_stopping_facts(selection: RetrievalSelection) -> dict[str, Any]:
         "min_delta": rule.min_delta,
         "rule": selection.disabled if selection.disabled and rule.patience else rule.rule(selection.every),
         "evaluations_without_improvement": rule.since_improvement,
+        "last_improvement_step": rule.reference_step,
     }
     if rule.stopped_at is not None:
         facts["reason"] = rule.reason()

@@ -15,6 +15,7 @@ class _EarlyStoppingRequired(TypedDict):
     min_delta: float  # train.early_stop_min_delta
     rule: str  # the rule in words
     evaluations_without_improvement: int  # at the end of training
+    last_improvement_step: int | None  # the last evaluation that improved the score (None: none qualified)
 
 
 class EarlyStoppingFacts(_EarlyStoppingRequired, total=False):
