@@ -10,13 +10,22 @@ import json
 import random
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import SLOW_CLI, STEPS, run_cli, start_cli, tiny_args, tiny_idx_folder
+from tiny_runs import (
+    SLOW_CLI,
+    STEPS,
+    main_one_thread,
+    newest_step,
+    run_cli,
+    start_cli,
+    tiny_args,
+    tiny_idx_folder,
+    wait_until,
+)
 
 from iiae import IIAE
 from iiae.cli.main import main
@@ -38,32 +47,6 @@ def reference(tmp_path_factory, data) -> Path:
     result = run_cli(["train", "--out", str(out), *tiny_args(data)])
     assert result.returncode == 0, result.stderr[-3000:]
     return out
-
-
-def main_one_thread(argv: list[str]) -> int:
-    """The CLI in this process, with one thread as the subprocesses (CPU sums depend on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main(argv)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _newest_step(run: Path) -> int:
-    names = [path.name for path in (run / "checkpoints").glob("step=*.ckpt")]
-    return max((int(re.match(r"step=(\d+)", name).group(1)) for name in names), default=-1)
-
-
-def _wait_until(process, condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended (status {process.returncode}) before {what}: {process.stderr.read()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
@@ -88,11 +71,11 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, data, r
     k = random.Random(20201206).randint(3, STEPS - 8)  # seeded: a failure names a step that reproduces it
     out = tmp_path / "killed"
     process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data)])
-    _wait_until(process, lambda: _newest_step(out) >= k, f"a checkpoint of step >= {k}")
+    wait_until(process, lambda: newest_step(out) >= k, f"a checkpoint of step >= {k}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
-    killed_at = _newest_step(out)
+    killed_at = newest_step(out)
     assert k <= killed_at < STEPS, (k, killed_at)
 
     assert main_one_thread(["train", "--resume", str(out)]) == 0, f"killed at step {killed_at}"
@@ -112,10 +95,10 @@ def test_sigkill_then_resume_with_tensorboard_logs_every_step_once(tmp_path, dat
     out = tmp_path / "killed"
     args = ["train", "--out", str(out), *tiny_args(data), "--set", "train.loggers=[csv, tensorboard]"]
     process = start_cli(SLOW_CLI, args)
-    _wait_until(process, lambda: _newest_step(out) >= 9, "a checkpoint of step >= 9")
+    wait_until(process, lambda: newest_step(out) >= 9, "a checkpoint of step >= 9")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    assert _newest_step(out) < STEPS and len(list((out / "logs").glob("events.out.tfevents.*"))) == 1
+    assert newest_step(out) < STEPS and len(list((out / "logs").glob("events.out.tfevents.*"))) == 1
     assert main_one_thread(["train", "--resume", str(out)]) == 0
     assert (out / "logs/metrics.csv").read_text() == (reference / "logs/metrics.csv").read_text()
     shown = _scalars(out / "logs")
@@ -127,7 +110,7 @@ def test_sigkill_then_resume_with_tensorboard_logs_every_step_once(tmp_path, dat
 def test_sigterm_finishes_the_step_checkpoints_and_resume_auto_continues(tmp_path, data, reference, monkeypatch):
     out = tmp_path / "runs" / "mnist_cdcb-sigterm"  # --resume auto: the newest run of the config under runs/
     process = start_cli(SLOW_CLI, ["train", "--out", str(out), *tiny_args(data, checkpoint_every=7)], cwd=tmp_path)
-    _wait_until(process, lambda: _newest_step(out) >= 7, "the first checkpoint")
+    wait_until(process, lambda: newest_step(out) >= 7, "the first checkpoint")
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
@@ -166,7 +149,7 @@ def hanging_save(obj, file):  # writes half of the step-{hang_at_step} checkpoin
 torch.save = hanging_save""",
     )
     process = start_cli(script, ["train", "--out", str(out), *tiny_args(data)], IIAE_TEST_PAUSE="0")
-    _wait_until(process, marker.exists, "the half-written checkpoint")
+    wait_until(process, marker.exists, "the half-written checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from iiae.cli.main import main
 from iiae.data import write_idx
 
 STEPS = 30
@@ -88,3 +92,31 @@ def expect_error(capsys, argv: list[str], *fragments: str, prefix: str = "iiae")
     for fragment in fragments:
         assert fragment in error, error
     return error
+
+
+def main_one_thread(argv: list[str]) -> int:
+    """The CLI in this process, with one thread as the subprocesses (CPU sums depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def newest_step(run: Path) -> int:
+    """The step of the newest ``step=N.ckpt`` of a run folder (-1: none yet)."""
+    names = [path.name for path in (run / "checkpoints").glob("step=*.ckpt")]
+    return max((int(re.match(r"step=(\d+)", name).group(1)) for name in names), default=-1)
+
+
+def wait_until(process, condition, what: str, timeout: float = 120) -> None:
+    """Poll ``condition()`` while ``process`` runs; AssertionError if it ends first or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (status {process.returncode}) before {what}: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)

@@ -214,6 +214,11 @@ class TrainConfig:
     select_every: int = 250  # steps between two validation retrievals (and at the last step); 0: use the last model
     select_metric: Literal["top1", "recall_at_5", "recall_at_10"] = "top1"  # maximised: shared X->Y + Y->X
     max_exclusive_hits: int | None = 1  # a step qualifies if each exclusive direction finds <= this many; None: any
+    # Early stopping on the same validation evaluations: stop once this many evaluations in a row bring no
+    # qualifying score (shared X->Y + Y->X, in percentage points) above the last improvement by more than
+    # early_stop_min_delta (a tie is no improvement). 0: off, train all steps. Needs select_every > 0.
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
     # Processes (Lightning DDP; README: multi-GPU and multi-node). batch_size stays the GLOBAL batch: each of the
     # devices x num_nodes processes trains on batch_size / (devices x num_nodes) pairs of it (must divide).
     devices: int = 1  # processes (GPUs, or CPU processes) per node
@@ -241,6 +246,13 @@ class TrainConfig:
             raise ConfigError(f"train.select_every must be >= 0 (0 disables model selection), got {self.select_every}")
         if self.max_exclusive_hits is not None and self.max_exclusive_hits < 0:
             raise ConfigError(f"train.max_exclusive_hits must be >= 0 or null, got {self.max_exclusive_hits}")
+        if self.early_stop_patience < 0:
+            raise ConfigError(f"train.early_stop_patience must be >= 0 (0: off), got {self.early_stop_patience}")
+        if not self.early_stop_min_delta >= 0:  # NaN too
+            raise ConfigError(f"train.early_stop_min_delta must be >= 0, got {self.early_stop_min_delta}")
+        if self.early_stop_patience and not self.select_every:
+            raise ConfigError("train.early_stop_patience counts model selection's validation evaluations: "
+                              "it needs train.select_every > 0")  # fmt: skip
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -278,6 +290,9 @@ class ExperimentConfig:
         self.loss.validate()
         self.data.validate()
         self.train.validate()
+        if self.train.early_stop_patience and self.data.validation_split is None and not self.data.validation_fraction:
+            raise ConfigError("train.early_stop_patience needs validation pairs: data.validation_fraction > 0 "
+                              "or a data.validation_split")  # fmt: skip
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@
   arbitrary unpickling (and could run code) is refused with a :class:`CheckpointError`.
 - :class:`RunCheckpoint`, Lightning's ``ModelCheckpoint`` keeping ``checkpoints/last.ckpt`` and the newest
   ``train.keep_checkpoints`` files ``step=NNNNNNNN.ckpt``, written every ``train.checkpoint_every`` steps, at
-  the last step and when a stop is requested. The state of step t is taken where Lightning takes it (the end of
+  the last step (an early stop's included) and when a stop is requested. The state of step t is taken where Lightning takes it (the end of
   step t) but written just before step t+1 starts, once step t's row is in ``logs/metrics.csv``, together with
   the random generators' state at that point: a checkpoint never exists without the log it covers.
 - :func:`load_checkpoint` and :func:`newest_checkpoint` for ``--resume`` (the policy of what may be resumed is
@@ -230,6 +230,7 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         final = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        final = final or trainer.should_stop  # early stopping (iiae.engine.selection) ends the run after this step
         stopping = bool(self.stop is not None and self.stop.stopping)
         if (final or stopping) and self._last_global_step_saved != trainer.global_step:
             candidates = self._monitor_candidates(trainer)

@@ -11,12 +11,21 @@ run's ``last.ckpt`` is kept as well. After training, :func:`selected_model` load
 last ones when no evaluation qualified, and says which and why.
 
 The validation metrics go to the run's log as ``val/<direction>_<metric>`` rows.
+
+Early stopping (``train.early_stop_patience`` = P > 0) reads the same evaluations (nothing is measured twice):
+:class:`PatienceStop` counts the evaluations since the selected score last improved by more than
+``train.early_stop_min_delta``; at P the callback sets ``trainer.should_stop`` (under DDP decided together by all
+processes), Lightning ends the run after that step, and :class:`iiae.engine.checkpointing.RunCheckpoint` checkpoints
+it. The counter is part of the callback's checkpointed state: a resumed run stops at the step an uninterrupted one
+stops at, and a run resumed after its stopping step stops at once.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,7 @@ EXCLUSIVE = ("exclusive_x_to_y", "exclusive_y_to_x")
 LOGGED = ("top1", "hits", "recall_at_5", "median_rank")
 
 Measure = Callable[[IIAE], dict[str, dict[str, float]]]
+LOG = logging.getLogger("iiae.engine")
 
 
 def selection_record(
@@ -49,6 +59,67 @@ def selection_record(
         "exclusive_hits": exclusive_hits,
         "top1": {direction: float(row["top1"]) for direction, row in table.items()},
     }
+
+
+@dataclass
+class PatienceStop:
+    """The early-stopping rule over the selection's evaluations (records of :func:`selection_record`).
+
+    An evaluation *improves* when it qualifies and its score exceeds the reference score by more than ``min_delta``
+    (the first qualifying evaluation always improves); the reference is the score of the last improvement, so
+    small gains add up. Every other evaluation after the first qualifying one, a tie or a non-qualifying one
+    included, counts towards ``patience``; before any evaluation qualified nothing counts (there would be no
+    selected model to stop at). ``patience`` = 0: never stops.
+    """
+
+    patience: int = 0
+    min_delta: float = 0.0
+    since_improvement: int = 0  # evaluations since the last improvement
+    reference: float | None = None  # the score of the last improvement
+    reference_step: int | None = None
+    stopped_at: int | None = None  # the step the run stopped at, once it has
+
+    def update(self, record: dict[str, Any]) -> bool:
+        """Count one evaluation; True when the run should stop after it (patience evaluations without
+        improvement)."""
+        if record["qualifies"] and (self.reference is None or record["score"] > self.reference + self.min_delta):
+            self.since_improvement, self.reference, self.reference_step = 0, float(record["score"]), record["step"]
+        elif self.reference is not None:
+            self.since_improvement += 1
+        return self.patience > 0 and self.since_improvement >= self.patience
+
+    def rule(self, every: int) -> str:
+        """The rule in words (``every``: steps between two evaluations)."""
+        if not self.patience:
+            return "off (train.early_stop_patience = 0)"
+        gain = f"by more than {self.min_delta:g}" if self.min_delta else "(a tie is no improvement)"
+        evaluations = "evaluation" if self.patience == 1 else f"{self.patience} evaluations in a row"
+        return (
+            f"stop after a validation {evaluations} ({self.patience * every} steps) without a qualifying "
+            f"selection score above the last improvement {gain}"
+        )
+
+    def reason(self) -> str:
+        """Why the run stopped (after it has)."""
+        if self.reference is None or self.since_improvement < self.patience:  # DDP: another process's count
+            return "another process reached train.early_stop_patience"
+        evaluations = "evaluation" if self.since_improvement == 1 else f"{self.since_improvement} evaluations"
+        return (
+            f"no improvement of the validation selection score in the last {evaluations} "
+            f"(train.early_stop_patience = {self.patience}; last improvement {self.reference:.2f} at step "
+            f"{self.reference_step})"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counter of a checkpoint; patience and min_delta stay the run's (they cannot change on
+        resume)."""
+        self.since_improvement = int(state.get("since_improvement", 0))
+        self.reference = None if state.get("reference") is None else float(state["reference"])
+        self.reference_step = None if state.get("reference_step") is None else int(state["reference_step"])
+        self.stopped_at = None if state.get("stopped_at") is None else int(state["stopped_at"])
 
 
 class RetrievalSelection(Callback):
@@ -69,6 +140,7 @@ class RetrievalSelection(Callback):
         max_exclusive_hits: int | None = 1,  # per exclusive direction; None: no constraint
         batch_size: int = 500,
         measure: Measure | None = None,
+        early_stop: PatienceStop | None = None,  # the early-stopping rule; None: never stops early
     ) -> None:
         super().__init__()
         if every < 1:
@@ -83,6 +155,7 @@ class RetrievalSelection(Callback):
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.disabled: str | None = None  # why this run selects nothing (then the callback does nothing)
+        self.early_stop = early_stop if early_stop is not None else PatienceStop()
 
     @classmethod
     def for_run(cls, train: TrainConfig, validation: Any, dirpath: str | Path) -> RetrievalSelection:
@@ -94,8 +167,9 @@ class RetrievalSelection(Callback):
                 else "no validation pairs (data.validation_fraction = 0 and no data.validation_split)"
             )  # fmt: skip
             return selection
+        early_stop = PatienceStop(train.early_stop_patience, train.early_stop_min_delta)
         return cls(dirpath, train.select_every, validation.x, validation.y, train.select_metric,
-                   train.max_exclusive_hits, train.eval_batch_size)  # fmt: skip
+                   train.max_exclusive_hits, train.eval_batch_size, early_stop=early_stop)  # fmt: skip
 
     @staticmethod
     def _validation_measure(x: Any, y: Any, batch_size: int) -> Measure:
@@ -119,13 +193,27 @@ class RetrievalSelection(Callback):
         if record["qualifies"] and (self.best is None or record["score"] >= self.best["score"]):
             self.best = record
             trainer.save_checkpoint(self.best_path, weights_only=True)
+        stop = self.early_stop.update(record) and not final  # at the last step the run ends anyway
+        if self.early_stop.patience and trainer.world_size > 1:  # DDP: all stop together (one alone would hang)
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop:
+            self.early_stop.stopped_at = step
+            trainer.should_stop = True  # Lightning ends the run after this step; RunCheckpoint checkpoints it
+            LOG.info("iiae: early stop at step %d: %s", step, self.early_stop.reason())
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A run resumed from the checkpoint of its stopping step (killed before it finished) stops at once."""
+        if self.early_stop.stopped_at is not None:
+            trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": copy.deepcopy(self.history), "best": copy.deepcopy(self.best)}
+        return {"history": copy.deepcopy(self.history), "best": copy.deepcopy(self.best),
+                "early_stop": self.early_stop.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = copy.deepcopy(state_dict.get("history", []))
         self.best = copy.deepcopy(state_dict.get("best"))
+        self.early_stop.load_state_dict(state_dict.get("early_stop", {}))  # checkpoints before early stopping: none
 
     def criteria(self) -> str:
         """The selection rule in words."""
@@ -136,6 +224,41 @@ class RetrievalSelection(Callback):
             f"highest shared {self.metric} (X->Y + Y->X){pairs}, every {self.every} steps and at the last step, "
             f"among evaluations whose exclusive codes retrieve {limit} per direction"
         )
+
+
+def early_stopping_facts(selection: RetrievalSelection) -> dict[str, Any]:
+    """What ``metrics.json`` records under ``early_stopping``: whether and where the run stopped early, and the rule."""
+    rule = selection.early_stop
+    facts: dict[str, Any] = {
+        "early_stopped": rule.stopped_at is not None,
+        "stopped_at_step": rule.stopped_at,
+        "patience": rule.patience,
+        "min_delta": rule.min_delta,
+        "rule": selection.disabled if selection.disabled and rule.patience else rule.rule(selection.every),
+        "evaluations_without_improvement": rule.since_improvement,
+        "last_improvement_step": rule.reference_step,
+    }
+    if rule.stopped_at is not None:
+        facts["reason"] = rule.reason()
+    return facts
+
+
+def early_stopped_step(checkpoint: dict[str, Any]) -> int | None:
+    """The step a run stopped early at, as its checkpoint (of the stopping step) records it; None if it did not."""
+    state = (checkpoint.get("callbacks") or {}).get(RetrievalSelection.__qualname__)
+    early_stop = state.get("early_stop") if isinstance(state, dict) else None
+    stopped_at = early_stop.get("stopped_at") if isinstance(early_stop, dict) else None
+    return stopped_at if isinstance(stopped_at, int) and not isinstance(stopped_at, bool) else None
+
+
+def early_stopping_markdown(facts: dict | None) -> str:
+    """The report's line on early stopping ("" when the run has no such record or the rule is off)."""
+    if not facts or not facts.get("patience"):
+        return ""
+    if facts.get("early_stopped"):
+        return (f"Early stopping: **stopped at step {facts['stopped_at_step']}**: {facts['reason']}. "
+                f"Rule: {facts['rule']}.\n")  # fmt: skip
+    return f"Early stopping: did not stop early ({facts['rule']}).\n"
 
 
 def selected_model(module: L.LightningModule, selection: RetrievalSelection, last_step: int) -> dict:

@@ -8,12 +8,29 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 
+class _EarlyStoppingRequired(TypedDict):
+    early_stopped: bool  # the run stopped before train.steps because validation stopped improving
+    stopped_at_step: int | None  # the step it stopped at (None: it did not stop early)
+    patience: int  # train.early_stop_patience (0: off)
+    min_delta: float  # train.early_stop_min_delta
+    rule: str  # the rule in words
+    evaluations_without_improvement: int  # at the end of training
+    last_improvement_step: int | None  # the last evaluation that improved the score (None: none qualified)
+
+
+class EarlyStoppingFacts(_EarlyStoppingRequired, total=False):
+    """``metrics.json``'s ``early_stopping`` (:func:`iiae.engine.selection.early_stopping_facts`)."""
+
+    reason: str  # why it stopped, when it did
+
+
 class TrainingFacts(TypedDict):
     """What the engine reports about a training (:func:`iiae.runs.runner.execute`)."""
 
     training_seconds: float
-    steps: int  # optimiser steps done (the global step)
+    steps: int  # optimiser steps done (the global step; below train.steps when the run stopped early)
     selection: dict[str, Any]  # which model was evaluated and why (iiae.engine.selection.selected_model)
+    early_stopping: EarlyStoppingFacts
     parameters: int
     torch: str
     threads: int

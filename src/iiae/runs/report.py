@@ -8,7 +8,7 @@ import yaml
 
 from iiae.atomic import atomic_write_text
 from iiae.core.config import ExperimentConfig
-from iiae.engine.selection import selection_markdown
+from iiae.engine.selection import early_stopping_markdown, selection_markdown
 from iiae.evaluation.measures import measures_markdown
 from iiae.evaluation.retrieval import format_retrieval_table
 from iiae.run_files import REPORT
@@ -57,7 +57,7 @@ Data: {metrics['data_source']}; {metrics['train_pairs']} training pairs, {metric
 pairs (held out of training, for model selection), {metrics['test_pairs']} test pairs.
 Training: {metrics['steps']} steps in {metrics['training_seconds']:.0f} s ({metrics['threads']} threads,
 torch {metrics['torch']}); {metrics['parameters']:,} parameters.
-
+{early_stopping_markdown(metrics.get('early_stopping'))}
 ## Cross-domain retrieval (test pairs, L2 nearest neighbour among all {count} candidates)
 
 Shared codes (r^x, r^y means) should find the partner; exclusive codes (q(z^x|x), q(z^y|y) means) should not

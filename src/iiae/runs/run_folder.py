@@ -28,6 +28,7 @@ from iiae.atomic import save_traceback
 from iiae.core.config import ExperimentConfig, load_config
 from iiae.core.model import training_memory
 from iiae.engine.checkpointing import checkpoint_files, newest_checkpoint
+from iiae.engine.selection import early_stopped_step
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
 from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, METRICS
 
@@ -214,7 +215,7 @@ def check_resume_config(saved: Any, requested: Any, run_dir: Path, allowed: set[
 
 def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None:
     """The checkpoint ``--resume`` continues from; None for a run stopped before its first checkpoint (it trains
-    again from step 0 in its folder); OutputError if the run already finished its steps."""
+    again from step 0 in its folder); OutputError if the run already finished its steps or stopped early."""
     folder = run_dir / CHECKPOINTS
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"cannot resume {run_dir}: {folder} is not a folder (a run keeps its checkpoints there)")
@@ -224,6 +225,12 @@ def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None
         return None
     path, checkpoint = newest_checkpoint(run_dir, config)
     step = int(checkpoint["global_step"])
+    stopped_at = early_stopped_step(checkpoint)
+    if stopped_at is not None and (run_dir / METRICS).is_file():  # killed before metrics.json: it finishes
+        raise OutputError(
+            f"run {run_dir} already finished: it stopped early at step {stopped_at} of {config.train.steps} "
+            "(validation stopped improving, train.early_stop_patience; its metrics.json is written)"
+        )
     if step >= config.train.steps and (run_dir / METRICS).is_file():
         raise OutputError(
             f"run {run_dir} already finished its {step} steps (its metrics.json is written); "

@@ -49,7 +49,11 @@ from iiae.engine.guards import GracefulStop, NonFiniteGuard
 from iiae.engine.loggers import run_loggers
 from iiae.engine.progress import PlainProgress
 from iiae.engine.resume import trim_metrics_log
-from iiae.engine.selection import RetrievalSelection, selected_model
+from iiae.engine.selection import (
+    RetrievalSelection,
+    early_stopping_facts,
+    selected_model,
+)
 from iiae.engine.training import IIAELightning, PairedDataModule, apply_speed_switches
 from iiae.errors import OutputError
 from iiae.evaluation.figures import save_figures, save_loss_curves
@@ -166,7 +170,7 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
     stop = GracefulStop(resume_hint=f"{job.resume_command} {out_dir}")  # SIGTERM / Ctrl-C: checkpoint, then stop
     checkpoint = RunCheckpoint(out_dir / CHECKPOINTS, train.checkpoint_every, train.keep_checkpoints, stop)
     guard = NonFiniteGuard(config.train.skip_nonfinite_steps, str(out_dir / CHECKPOINTS))  # NaN/Inf: stop or skip
-    selection = RetrievalSelection.for_run(train, job.validation, out_dir / CHECKPOINTS)  # keeps best.ckpt
+    selection = RetrievalSelection.for_run(train, job.validation, out_dir / CHECKPOINTS)  # best.ckpt, early stopping
     progress_bar = progress and sys.stderr.isatty()  # Lightning's bar on a terminal; one line per log_every steps else
     plain_progress = progress and not progress_bar
     trainer = L.Trainer(
@@ -180,7 +184,7 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
         use_distributed_sampler=False,  # ResumableDataLoader shards the epoch itself (iiae.engine.resume)
         logger=run_loggers(train.loggers, out_dir, resuming=checkpoint_path is not None, writer=writer),  # in logs/
         # Lightning runs checkpoint callbacks last (RunCheckpoint.setup asserts it): step t's checkpoint holds the
-        # stop request and the selection record of step t
+        # stop request and the selection record of step t, and an early stop decided at step t checkpoints step t
         callbacks=[stop, guard, selection, *([PlainProgress(train.log_every)] if plain_progress else []), checkpoint],
         # atomic writes, weights_only reads; DDP: batch norm over the global batch (torch's SyncBatchNorm is GPU-only)
         plugins=[AtomicCheckpointIO(), *([GlobalBatchNormSync()] if processes > 1 else [])],
@@ -209,6 +213,7 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
         "training_seconds": round(training_seconds, 1),
         "steps": int(trainer.global_step),
         "selection": chosen,
+        "early_stopping": early_stopping_facts(selection),
         "parameters": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -223,8 +228,13 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
 
 def summary(metrics: dict) -> str:
     """The lines printed at the end of the main job."""
+    early = metrics.get("early_stopping") or {}
+    stopped = (
+        f"stopped early at step {early['stopped_at_step']}: {early['reason']}\n" if early.get("early_stopped") else ""
+    )
     return (
         f"{format_retrieval_table(metrics['retrieval'])}\n"
+        f"{stopped}"
         f"trained {metrics['steps']} steps in {metrics['training_seconds']:.0f} s on {metrics['train_pairs']} "
         f"pairs; evaluated on {metrics['test_pairs']} test pairs\n"
         f"evaluated model: {metrics['selection']['selected']} (step {metrics['selection']['step']}); "
