@@ -160,6 +160,10 @@ class DataConfig:
     # MNIST-CDCB: false (the paper's fixed data set): every epoch sees the same coloured pairs; true: every epoch
     # after the first draws new colours for the training pairs (from colour_seed and the epoch; test pairs fixed).
     recolour_every_epoch: bool = False
+    # MNIST-CDCB: true draws, for every training pair in every epoch (from colour_seed and the epoch), new colours
+    # from nearly the whole RGB cube (saturation [0, 1], value [0.1, 1]) and a stroke thickness per domain
+    # (iiae.data.cdcb.AUGMENTATION): the shared code learns to ignore both. Test pairs are never augmented.
+    augment: bool = False
     # MNIST-CDCB: published_like (the published data set's colours, re-rendered strokes and a digit mask per
     # domain) or classic (the MNIST digit in both domains, bright colours; iiae 0.1's data). iiae.data.cdcb.
     generator: Literal["published_like", "classic"] = "published_like"
@@ -184,10 +188,9 @@ class DataConfig:
             raise ConfigError(f"data.generator must be one of {', '.join(generators)}; got {self.generator!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if self.recolour_every_epoch and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
-            raise ConfigError(
-                f"data.recolour_every_epoch applies to mnist_cdcb and fashion_mnist_cdcb only, not {self.dataset}"
-            )
+        for key in ("recolour_every_epoch", "augment"):
+            if getattr(self, key) and self.dataset not in ("mnist_cdcb", "fashion_mnist_cdcb"):
+                raise ConfigError(f"data.{key} applies to mnist_cdcb and fashion_mnist_cdcb only, not {self.dataset}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not self.cars_y_views or any(not 0 <= view < 24 for view in self.cars_y_views):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn.functional import interpolate, pad
+from torch.nn.functional import interpolate, max_pool2d, pad
 from torch.utils.data import Dataset
 
 from iiae.data.strokes import (
@@ -281,36 +281,69 @@ def make_cdcb(
     )
 
 
-class RecolouredCDCB(Dataset):
-    """MNIST-CDCB training pairs drawn in new colours every epoch (``data.recolour_every_epoch``).
+# data.augment: colours from nearly the whole RGB cube (a digit or background darker than 0.1 would vanish) ...
+AUGMENTATION_COLOURS = ColourRanges(saturation=(0.0, 1.0), background_value=(0.1, 1.0), digit_value=(0.1, 1.0))
+STROKE_CHANGE = 0.6  # ... and strokes moved up to this fraction of a 3x3 dilation (thicker) or erosion (thinner)
 
-    Epoch 0 serves ``pairs`` as they are (the fixed colours); epoch e > 0 draws every pair's CB background and
-    CD digit colour again from ``numpy.random.default_rng([seed, e])``, so the colours are a function of (seed,
-    epoch) and a resumed or multi-process run sees the pairs a single uninterrupted run sees, in the colour
-    ranges of the generator that made the pairs. The digits (and strokes) never change. Keys are
-    ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler` with ``with_epoch``), so the epoch
-    reaches DataLoader workers too.
+
+def change_strokes(intensity: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """Thicker (``amount`` > 0) or thinner (< 0) strokes: ``[N, 1, S, S]`` intensities moved ``|amount|`` of the
+    way to their 3x3 grey dilation (max) or erosion (min); ``amount`` ``[N]`` in [-1, 1], 0 leaves them as they are."""
+    weight = amount.to(intensity.dtype)[:, None, None, None]
+    grown = max_pool2d(intensity, 3, stride=1, padding=1)
+    shrunk = -max_pool2d(-intensity, 3, stride=1, padding=1)
+    return torch.lerp(intensity, torch.where(weight >= 0, grown, shrunk), weight.abs())
+
+
+class RecolouredCDCB(Dataset):
+    """MNIST-CDCB training pairs drawn in new colours every epoch (``data.recolour_every_epoch``), or augmented
+    (``data.augment``).
+
+    Recoloured: epoch 0 serves ``pairs`` as they are (the fixed colours); epoch e > 0 draws every pair's CB
+    background and CD digit colour again from ``numpy.random.default_rng([seed, e])``, in the colour ranges of
+    the generator that made the pairs; the digits (and strokes) never change.
+
+    Augmented: every epoch, e = 0 included, draws from ``numpy.random.default_rng([seed, e])`` every pair's
+    colours in :data:`AUGMENTATION_COLOURS` and, per domain, a stroke change in [-STROKE_CHANGE, STROKE_CHANGE]
+    (:func:`change_strokes`): the shared code sees each digit greyer, darker, thinner and thicker than the data
+    set draws it, independently in X and Y.
+
+    Either way the pairs are a function of (seed, epoch), so a resumed or multi-process run sees the pairs a
+    single uninterrupted run sees. Keys are ``(epoch, index)`` (:class:`iiae.engine.resume.EpochShuffleSampler`
+    with ``with_epoch``), so the epoch reaches DataLoader workers too.
     """
 
     indexed_by_epoch = True  # read by iiae.engine.resume.ResumableDataLoader
 
-    def __init__(self, pairs: PairedImages, seed: int) -> None:
+    def __init__(self, pairs: PairedImages, seed: int, augment: bool = False) -> None:
         if pairs.intensity is None or pairs.generator is None:
             raise DataError("RecolouredCDCB needs pairs made with make_cdcb(..., keep_intensity=True)")
         check_generator(pairs.generator)
-        self.pairs, self.seed, self.generator = pairs, seed, pairs.generator
-        self._colours: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, backgrounds, digit colours)
+        self.pairs, self.seed, self.generator, self.augment = pairs, seed, pairs.generator, augment
+        # (epoch, backgrounds, digit colours, stroke changes [N, 2] or None) of the last epoch asked for
+        self._draws: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _epoch_draws(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if not self.augment and epoch == 0:
+            return self.pairs.background_colour_x, self.pairs.digit_colour_y, None
+        if self._draws is None or self._draws[0] != epoch:
+            if self.augment:
+                rng, ranges = np.random.default_rng([self.seed, epoch]), AUGMENTATION_COLOURS
+                background = random_colours(len(self.pairs), rng, ranges.saturation, ranges.background_value)
+                digit_colour = random_colours(len(self.pairs), rng, ranges.saturation, ranges.digit_value)
+                strokes = torch.from_numpy(rng.uniform(-STROKE_CHANGE, STROKE_CHANGE, (len(self.pairs), 2)))
+                self._draws = (epoch, torch.from_numpy(background), torch.from_numpy(digit_colour), strokes.float())
+            else:
+                self._draws = (epoch, *cdcb_colours(len(self.pairs), [self.seed, epoch], self.generator), None)
+        return self._draws[1], self._draws[2], self._draws[3]
+
     def colours(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``[N, 3]`` background and digit colours of every pair in ``epoch`` (cached for the last epoch)."""
-        if epoch == 0:
-            return self.pairs.background_colour_x, self.pairs.digit_colour_y
-        if self._colours is None or self._colours[0] != epoch:
-            self._colours = (epoch, *cdcb_colours(len(self.pairs), [self.seed, epoch], self.generator))
-        return self._colours[1], self._colours[2]
+        background, digit_colour, _ = self._epoch_draws(epoch)
+        return background, digit_colour
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch of (x, y) from ``(epoch, index)`` keys of one epoch."""
@@ -319,13 +352,17 @@ class RecolouredCDCB(Dataset):
             raise DataError(f"a batch of RecolouredCDCB must come from one epoch, got epochs {sorted(epochs)}")
         epoch = epochs.pop()
         index = torch.as_tensor([position for _, position in keys], dtype=torch.long)
-        if epoch == 0:
+        if not self.augment and epoch == 0:
             return self.pairs.x[index], self.pairs.y[index]
-        background, digit_colour = self.colours(epoch)
+        background, digit_colour, strokes = self._epoch_draws(epoch)
         intensity, intensity_y = self.pairs.intensity, self.pairs.intensity_y
         assert intensity is not None
-        return compose_cdcb(intensity[index], background[index], digit_colour[index],
-                            None if intensity_y is None else intensity_y[index])  # fmt: skip
+        mask_x = intensity[index]
+        mask_y = None if intensity_y is None else intensity_y[index]
+        if strokes is not None:  # per domain: X and Y change independently
+            mask_y = change_strokes(mask_x if mask_y is None else mask_y, strokes[index, 1])
+            mask_x = change_strokes(mask_x, strokes[index, 0])
+        return compose_cdcb(mask_x, background[index], digit_colour[index], mask_y)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([key])

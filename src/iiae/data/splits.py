@@ -53,6 +53,7 @@ class PairedSplits:
     source: str
     validation: PairedImages | None = None
     recolour_seed: int | None = None  # MNIST-CDCB with data.recolour_every_epoch: training draws RecolouredCDCB
+    augment: bool = False  # MNIST-CDCB with data.augment: RecolouredCDCB augments every epoch (colours, strokes)
 
 
 def held_out_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -79,7 +80,7 @@ def build_cdcb_splits(data: DataConfig, image_size: int) -> PairedSplits:
     digits = load_digits(data.source, data.root, dataset=dataset, split_seed=data.split_seed)
     train_seed, test_seed = cdcb_seeds(data)
     train = make_cdcb(digits.train_images, digits.train_labels, size=image_size, seed=train_seed,
-                      keep_intensity=data.recolour_every_epoch, generator=data.generator)  # fmt: skip
+                      keep_intensity=data.recolour_every_epoch or data.augment, generator=data.generator)  # fmt: skip
     kept, held = held_out_indices(len(train), data.validation_fraction, data.split_seed)
     if not kept:
         raise ConfigError(f"data.validation_fraction = {data.validation_fraction} leaves no training pairs")
@@ -90,5 +91,6 @@ def build_cdcb_splits(data: DataConfig, image_size: int) -> PairedSplits:
         ),
         source=digits.source,
         validation=train.subset(held) if held else None,
-        recolour_seed=train_seed if data.recolour_every_epoch else None,
+        recolour_seed=train_seed if data.recolour_every_epoch or data.augment else None,
+        augment=data.augment,
     )

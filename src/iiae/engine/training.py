@@ -48,7 +48,8 @@ class PairedDataModule(L.LightningDataModule):
             dataset, extra = train, {}
         else:  # in memory: whole batches, one index per tensor
             recolour = self.splits.recolour_seed  # not None: new colours every epoch, from (seed, epoch)
-            dataset = PairDataset(train) if recolour is None else RecolouredCDCB(train, recolour)
+            dataset = PairDataset(train) if recolour is None else RecolouredCDCB(train, recolour,
+                                                                                 augment=self.splits.augment)
             extra = {"collate_fn": whole_batch}
         return ResumableDataLoader(  # order = f(seed, epoch); Lightning saves the position for --resume
             dataset,
