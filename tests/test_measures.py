@@ -140,6 +140,9 @@ def test_evaluate_measures_on_a_tiny_model(digits, tmp_path):
         assert spreads["ratio"] == pytest.approx(spreads["colour_spread"] / spreads["digit_spread"])
     assert evaluate_measures(model, train, test, batch_size=64, cache_dir=tmp_path, classifier_settings=FAST,
                              max_probe_fit_pairs=200)["translation_fidelity"]["classifier_from_cache"]  # fmt: skip
+    one_pair = evaluate_measures(model, train, test.subset([0]), batch_size=64, cache_dir=tmp_path,
+                                 classifier_settings=FAST, max_probe_fit_pairs=200)  # fmt: skip
+    assert "colour_intervention" not in one_pair and one_pair["leakage"]["score_pairs"] == 1  # no spread of 1 digit
     report = measures_markdown(measures)
     assert "## Leakage" in report and "| digit class (accuracy %) |" in report and "X→Y background" in report
     assert "## Leakage by intervention" in report and "| z^s (r^x) | background colour (X) |" in report

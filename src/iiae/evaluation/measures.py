@@ -57,7 +57,8 @@ def evaluate_measures(
     The digit classifier is trained on (or loaded for) the ``train`` pairs, cached in ``cache_dir`` (default
     :func:`iiae.evaluation.digit_classifier.default_cache_dir`); probes are fitted on codes of at most
     ``max_probe_fit_pairs`` training pairs and scored on the codes of all ``test`` pairs; the colour intervention
-    recolours seeded ``test`` digits (:func:`iiae.evaluation.intervention.colour_intervention`).
+    recolours seeded ``test`` digits (:func:`iiae.evaluation.intervention.colour_intervention`; left out for fewer
+    than 2 test pairs).
     """
     with single_thread():  # small operations throughout; see iiae.evaluation.digit_classifier.single_thread
         started = time.perf_counter()
@@ -70,19 +71,18 @@ def evaluate_measures(
             encode_pairs(model, test.x, test.y, batch_size), test, seed,
         )  # fmt: skip
         intervention_started = time.perf_counter()
-        intervention = colour_intervention(model, test, seed=seed, batch_size=batch_size)
+        intervention = colour_intervention(model, test, seed=seed, batch_size=batch_size) if len(test) >= 2 else None
         intervention_seconds = time.perf_counter() - intervention_started
     fidelity["classifier_from_cache"] = classifier.from_cache
-    return {
-        "translation_fidelity": fidelity,
-        "leakage": leakage,
-        "colour_intervention": intervention,
-        "measure_seconds": {
-            "classifier": round(classifier_seconds, 2),
-            "colour_intervention": round(intervention_seconds, 2),
-            "total": round(time.perf_counter() - started, 2),
-        },
+    measures = {"translation_fidelity": fidelity, "leakage": leakage}
+    if intervention is not None:  # spreads need at least 2 test digits
+        measures["colour_intervention"] = intervention
+    measures["measure_seconds"] = {
+        "classifier": round(classifier_seconds, 2),
+        "colour_intervention": round(intervention_seconds, 2),
+        "total": round(time.perf_counter() - started, 2),
     }
+    return measures
 
 
 def _cell(value: float | None, metric: str) -> str:
