@@ -17,7 +17,7 @@ from tiny_runs import expect_error
 from iiae import IIAE
 from iiae.cli.main import main
 from iiae.data import write_idx
-from iiae.runs.metrics import ImageRunMetrics, keys_of
+from iiae.runs.metrics import CodeSpreads, ColourIntervention, ImageRunMetrics, keys_of
 
 TINY = ["--steps", "3", "--batch-size", "16", "--no-progress", "--set", "train.log_every=1"]
 
@@ -54,9 +54,14 @@ def test_train_writes_every_output(tiny_run):
     assert metrics["translation_fidelity"]["class_accuracy"]["real_x"] > 80  # the cached digit classifier (MNIST)
     # 3 steps train little, but a linear probe reads the digit from shared codes far above chance (10 %)
     assert metrics["leakage"]["fit_pairs"] == 3500 and metrics["leakage"]["digit_class"]["shared_x"] > 30
+    intervention = metrics["colour_intervention"]  # 100 test digits x 10 colourings, in the declared schema
+    assert set(intervention) == keys_of(ColourIntervention) and intervention["digits"] == 100
+    for code in ("shared_x", "shared_y", "exclusive_x", "exclusive_y"):
+        assert set(intervention[code]) == keys_of(CodeSpreads) and intervention[code]["digit_spread"] > 0
     assert "shared_x_to_y" in stdout and str(out) in stdout
     report = (out / "report.md").read_text()
     assert "translation.png" in report and "99.7" in report  # the paper's number beside ours
+    assert "## Leakage by intervention" in report and "| z^x | background colour (X) |" in report
     config_block = report.split("## Config\n\n```yaml\n")[1].split("```")[0]
     assert yaml.safe_load(config_block) == yaml.safe_load((out / "config.yaml").read_text())  # the run's config
     header = (out / "logs" / "metrics.csv").read_text().splitlines()[0]

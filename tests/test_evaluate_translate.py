@@ -54,6 +54,9 @@ def test_evaluate_a_run_folder_refreshes_its_metrics_and_keeps_the_rest(run, cap
     assert fidelity["class_accuracy"] == metrics["translation_fidelity"]["class_accuracy"]
     _assert_close(fidelity["colour_error"], metrics["translation_fidelity"]["colour_error"])
     _assert_close(written["leakage"], metrics["leakage"])
+    _assert_close(written["colour_intervention"], metrics["colour_intervention"])
+    assert written["colour_intervention"]["digits"] == 32  # every test digit (fewer than 100)
+    assert "colour intervention: colour / digit spread of r^x / r^y / z^x / z^y" in printed
 
 
 def _assert_close(value, expected, path="") -> None:  # noqa: ANN001

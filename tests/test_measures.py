@@ -155,8 +155,20 @@ def test_evaluate_measures_on_a_tiny_model(digits, tmp_path):
     for factor in ("digit_class", "background_colour_x", "digit_colour_y"):
         assert set(leakage[factor]) >= {"shared_x", "shared_y", "exclusive_x", "exclusive_y", "chance"}
     assert not fidelity["classifier_from_cache"]
+    intervention = measures["colour_intervention"]  # iiae.evaluation.intervention: 100 test digits x 10 colourings
+    assert (intervention["digits"], intervention["colourings"]) == (100, 10)
+    for code in ("shared_x", "shared_y", "exclusive_x", "exclusive_y"):
+        spreads = intervention[code]
+        assert spreads["colour_spread"] > 0 and spreads["digit_spread"] > 0  # an untrained net sees both
+        assert spreads["ratio"] == pytest.approx(spreads["colour_spread"] / spreads["digit_spread"])
     assert evaluate_measures(model, train, test, batch_size=64, cache_dir=tmp_path, classifier_settings=FAST,
                              max_probe_fit_pairs=200)["translation_fidelity"]["classifier_from_cache"]  # fmt: skip
+    one_pair = evaluate_measures(model, train, test.subset([0]), batch_size=64, cache_dir=tmp_path,
+                                 classifier_settings=FAST, max_probe_fit_pairs=200)  # fmt: skip
+    assert "colour_intervention" not in one_pair and one_pair["leakage"]["score_pairs"] == 1  # no spread of 1 digit
     report = measures_markdown(measures)
     assert "## Leakage" in report and "| digit class (accuracy %) |" in report and "X→Y background" in report
+    assert "## Leakage by intervention" in report and "| z^s (r^x) | background colour (X) |" in report
+    assert "## Leakage by intervention" not in measures_markdown({k: v for k, v in measures.items()
+                                                                  if k != "colour_intervention"})  # fmt: skip
     assert measures_markdown({"retrieval": {}}) == ""

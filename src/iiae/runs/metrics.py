@@ -48,6 +48,27 @@ class Evaluated(TypedDict):
     date: str
 
 
+class CodeSpreads(TypedDict):
+    """One code under the colour intervention (:func:`iiae.evaluation.intervention.intervention_spreads`)."""
+
+    colour_spread: float  # mean over digits of the summed variance across colourings
+    digit_spread: float  # mean over colourings of the summed variance across digits
+    ratio: float | None  # colour_spread / digit_spread; None when digit_spread is 0
+    colour: str  # the factor varied: background_colour_x or digit_colour_y
+
+
+class ColourIntervention(TypedDict):
+    """``colour_intervention`` of metrics.json (:func:`iiae.evaluation.intervention.colour_intervention`)."""
+
+    digits: int  # M test digits
+    colourings: int  # K colourings of every digit
+    seed: int
+    shared_x: CodeSpreads
+    shared_y: CodeSpreads
+    exclusive_x: CodeSpreads
+    exclusive_y: CodeSpreads
+
+
 class ImageRunMetrics(TrainingFacts, total=False):
     """metrics.json of the main job and the other paired-image runs."""
 
@@ -63,7 +84,8 @@ class ImageRunMetrics(TrainingFacts, total=False):
     # MNIST-CDCB-like pairs only (iiae.evaluation.measures.MEASURE_KEYS)
     translation_fidelity: dict[str, Any]
     leakage: dict[str, Any]
-    measure_seconds: float
+    colour_intervention: ColourIntervention
+    measure_seconds: dict[str, float]
     evaluated: Evaluated  # written by iiae evaluate into an existing metrics.json
 
 

@@ -6,7 +6,7 @@
 Every run is the main job (:func:`iiae.runs.runner.train_and_evaluate`) in its own sub-folder; the seed of a run is
 ``train.seed`` (initialisation and batch order; the data and its colours stay the same). The run folder then
 holds ``summary.json`` and ``summary.md``: for each sweep value, the mean and the sample standard deviation
-(n − 1; 0 for one run) over the seeds of every retrieval, translation-fidelity and leakage number. The summary
+(n − 1; 0 for one run) over the seeds of every retrieval, translation-fidelity, leakage and colour-intervention number. The summary
 is rewritten after each run, so an interrupted sweep keeps what it finished.
 
 ``loss.lambda_ = 0`` removes the interaction-information terms: the plain joint VAE the paper improves on.
@@ -31,8 +31,9 @@ from iiae.run_files import SWEEP_SUMMARY, SWEEP_SUMMARY_MARKDOWN
 from iiae.runs.run_folder import check_output_dir, default_run_dir
 from iiae.runs.runner import train_and_evaluate
 
-SUMMARY_SECTIONS = ("retrieval", "translation_fidelity", "leakage")  # metrics.json sections summarised
-SKIPPED_LEAVES = {"count", "fit_pairs", "score_pairs"}  # sizes, not results
+#: metrics.json sections summarised
+SUMMARY_SECTIONS = ("retrieval", "translation_fidelity", "leakage", "colour_intervention")
+SKIPPED_LEAVES = {"count", "fit_pairs", "score_pairs", "digits", "colourings", "seed"}  # sizes, not results
 #: (column title, flattened metric key) of the one-table view in summary.md
 HEADLINE = (
     ("shared X→Y top-1 %", "retrieval.shared_x_to_y.top1"),
@@ -46,6 +47,8 @@ HEADLINE = (
     ("bg colour ← z^s (r^x) R²", "leakage.background_colour_x.shared_x"),
     ("digit colour ← z^y R²", "leakage.digit_colour_y.exclusive_y"),
     ("digit colour ← z^s (r^y) R²", "leakage.digit_colour_y.shared_y"),
+    ("colour / digit spread z^s (r^x)", "colour_intervention.shared_x.ratio"),
+    ("colour / digit spread z^x", "colour_intervention.exclusive_x.ratio"),
     ("digit kept X→Y %", "translation_fidelity.class_accuracy.x_to_y"),
     ("digit kept Y→X %", "translation_fidelity.class_accuracy.y_to_x"),
 )
@@ -185,10 +188,11 @@ def summarise(
 
 
 def _digits(key: str) -> int:
-    """Decimals shown for a metric: 3 for R² and colour errors, 1 for percentages and ranks."""
+    """Decimals shown for a metric: 3 for R², colour errors and intervention spreads, 1 for percentages and ranks."""
     is_r_squared = key.startswith("leakage.") and ".digit_class." not in key
     is_colour_error = key.startswith(("translation_fidelity.colour_error", "translation_fidelity.shuffled"))
-    return 3 if is_r_squared or is_colour_error else 1
+    is_spread = key.startswith("colour_intervention.")
+    return 3 if is_r_squared or is_colour_error or is_spread else 1
 
 
 def _mean_std_cell(entry: dict | None, key: str) -> str:
