@@ -51,13 +51,14 @@ def test_a_code_blind_to_the_digit_has_no_ratio_and_bad_shapes_are_refused():
 def test_recoloured_pairs_draw_each_digit_in_every_colouring(test_pairs):
     x, y, background, digit_colour = recoloured_pairs(test_pairs, digits=7, colourings=4, seed=3)
     assert x.shape == y.shape == (28, 3, 32, 32) and background.shape == digit_colour.shape == (4, 3)
-    expected_background, expected_digit_colour = cdcb_colours(4, 3)  # the training colours' distribution
+    expected_background, expected_digit_colour = cdcb_colours(4, 3, "published_like")  # the data's colour ranges
     assert torch.equal(background, expected_background) and torch.equal(digit_colour, expected_digit_colour)
     order = torch.randperm(60, generator=torch.Generator().manual_seed(3))[:7]
     for i, k in [(0, 0), (2, 3), (6, 1)]:
         index = order[i : i + 1]
-        want_x, want_y = compose_cdcb(test_pairs.intensity[index], background[k : k + 1], digit_colour[k : k + 1])
-        torch.testing.assert_close(x[i * 4 + k], want_x[0], atol=1e-5, rtol=0)  # intensity recovered from y
+        want_x, want_y = compose_cdcb(test_pairs.intensity[index], background[k : k + 1], digit_colour[k : k + 1],
+                                      test_pairs.intensity_y[index])  # fmt: skip
+        torch.testing.assert_close(x[i * 4 + k], want_x[0], atol=1e-5, rtol=0)  # each domain's own mask recovered
         torch.testing.assert_close(y[i * 4 + k], want_y[0], atol=1e-5, rtol=0)
     all_digits, _, _, _ = recoloured_pairs(test_pairs, digits=500, colourings=2)
     assert len(all_digits) == 120  # at most every test digit
@@ -153,14 +154,15 @@ def test_an_encoder_of_both_has_the_ratio_of_its_parts(test_pairs):
     digits, colourings, seed = 40, 6, 5
     result = colour_intervention(SyntheticEncoders("both"), test_pairs, digits=digits, colourings=colourings,
                                  seed=seed)  # fmt: skip
-    background, digit_colour = cdcb_colours(colourings, seed)
-    intensity = test_pairs.intensity[torch.randperm(60, generator=torch.Generator().manual_seed(seed))[:digits]]
+    background, digit_colour = cdcb_colours(colourings, seed, "published_like")
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(seed))[:digits]
+    intensity, intensity_y = test_pairs.intensity[order], test_pairs.intensity_y[order]  # each domain's own mask
     x_colour_spread = background.double().var(dim=0).sum().item()
     y_colour = digit_colour.double() / digit_colour.double().amax(dim=1, keepdim=True)
     y_colour_spread = y_colour.var(dim=0).sum().item()
     x_digit_spread = BOTH_DIGIT_WEIGHT**2 * intensity.double().mean(dim=(1, 2, 3)).var().item()
-    y_digit_spread = BOTH_DIGIT_WEIGHT**2 * (intensity.double() / intensity.double().amax(dim=(1, 2, 3), keepdim=True)
-                                              ).mean(dim=(1, 2, 3)).var().item()  # fmt: skip
+    y_digit_spread = BOTH_DIGIT_WEIGHT**2 * (intensity_y.double() / intensity_y.double().amax(
+        dim=(1, 2, 3), keepdim=True)).mean(dim=(1, 2, 3)).var().item()  # fmt: skip
     for code, colour_spread, digit_spread in [
         ("shared_x", x_colour_spread, x_digit_spread), ("exclusive_x", x_colour_spread, x_digit_spread),
         ("shared_y", y_colour_spread, y_digit_spread), ("exclusive_y", y_colour_spread, y_digit_spread),

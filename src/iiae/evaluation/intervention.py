@@ -4,10 +4,11 @@ how far it moves when only the digit changes.
 The linear probes of :mod:`iiae.evaluation.probes` say *whether* a code holds a factor (an R² near 1 even when the
 factor is a sliver of the code's variation); this measure says *how much* of the code the factor is.
 
-Design: ``M`` test digits (a seeded subset of the test pairs; their intensities ``m_i`` recovered exactly from the
-CD images, :func:`iiae.evaluation.fidelity.intensity_from_y`) and ``K`` colourings, colouring ``k`` being one CB
-background colour ``b_k`` and one CD digit colour ``c_k`` drawn by :func:`iiae.data.cdcb.cdcb_colours` (the
-distribution of the training colours). Every digit is drawn in every colouring by
+Design: ``M`` test digits (a seeded subset of the test pairs; their intensities ``m_i`` recovered exactly from
+each domain's image, :func:`iiae.evaluation.fidelity.intensity_from_x` and ``intensity_from_y``: published-like
+pairs have a digit mask per domain) and ``K`` colourings, colouring ``k`` being one CB background colour ``b_k``
+and one CD digit colour ``c_k`` drawn by :func:`iiae.data.cdcb.cdcb_colours` in the colour ranges of the test
+pairs' generator (the distribution of the training colours). Every digit is drawn in every colouring by
 :func:`iiae.data.cdcb.compose_cdcb`: ``x_ik`` (white digit i on background b_k) and ``y_ik`` (digit i in colour
 c_k on black), M·K pairs in all. Each code is the posterior mean (eval mode) of its encoder: ``e_ik`` in R^D is
 r^x(x_ik) or q(z^x|x_ik) for the X codes, r^y(y_ik) or q(z^y|y_ik) for the Y codes, so each code sees only its own
@@ -33,7 +34,7 @@ import torch
 from iiae.core.model import IIAE
 from iiae.data import PairedImages
 from iiae.data.cdcb import cdcb_colours, compose_cdcb
-from iiae.evaluation.fidelity import intensity_from_y
+from iiae.evaluation.fidelity import intensity_from_x, intensity_from_y
 from iiae.evaluation.retrieval import PairCodes, encode_pairs
 
 INTERVENTION_DIGITS = 100  # M: test digits drawn in every colouring
@@ -74,12 +75,13 @@ def recoloured_pairs(
     if colourings < 2 or digits < 2 or len(test) < 2:
         raise ValueError(f"need at least 2 digits and 2 colourings, got {min(digits, len(test))} and {colourings}")
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:digits]
-    intensity = intensity_from_y(test.y[order], test.digit_colour_y[order])  # [M, 1, S, S], exact for CDCB
-    background, digit_colour = cdcb_colours(colourings, seed)
+    # each domain's own digit mask [M, 1, S, S] (published-like pairs draw X's and Y's strokes apart), exact for CDCB
+    intensity_x = intensity_from_x(test.x[order], test.background_colour_x[order])
+    intensity_y = intensity_from_y(test.y[order], test.digit_colour_y[order])
+    background, digit_colour = cdcb_colours(colourings, seed, test.generator or "classic")  # the data's ranges
     count = len(order)
-    x, y = compose_cdcb(
-        intensity.repeat_interleave(colourings, dim=0), background.repeat(count, 1), digit_colour.repeat(count, 1)
-    )
+    x, y = compose_cdcb(intensity_x.repeat_interleave(colourings, dim=0), background.repeat(count, 1),
+                        digit_colour.repeat(count, 1), intensity_y.repeat_interleave(colourings, dim=0))  # fmt: skip
     return x, y, background, digit_colour
 
 
