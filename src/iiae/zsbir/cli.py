@@ -63,7 +63,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not (run / "config.yaml").is_file() or not (run / "model").is_dir():
         raise CheckpointError(f"{run} is not a zs-sbir run folder (expected config.yaml and model/)")
-    config = build_zs_config(args, base=load_zs_config(run / "config.yaml") if args.config is None else None)
+    try:
+        saved = load_zs_config(run / "config.yaml") if args.config is None else None
+    except ConfigError as error:  # e.g. an image run's folder: its config has other keys
+        raise CheckpointError(f"{run} is not a zs-sbir run folder: {error}") from None
+    config = build_zs_config(args, base=saved)
     if config.train.threads > 0:
         import torch
 
