@@ -309,7 +309,10 @@ def one_line(message: str) -> str:
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
-LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+# The loggers of Lightning's rank_zero_info notes. Their parents ("lightning.pytorch", ...) get their level set
+# by Lightning when it is imported; these children do not, so setting them needs no import of Lightning here.
+LIGHTNING_LOGGERS = tuple(f"{package}.utilities.rank_zero" for package in
+                          ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"))  # fmt: skip
 
 
 class _Stderr(logging.Handler):
@@ -329,8 +332,6 @@ def configure_logging(verbosity: int) -> None:
     logger.propagate = False
     # Lightning's own notes ("GPU available: False", its logger tip, "`Trainer.fit` stopped") repeat what the run
     # says itself: shown with -v only; its warnings always.
-    import lightning.pytorch  # noqa: F401 - it sets its loggers' level when imported: import it first
-
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
 

@@ -296,15 +296,15 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         if trainer.ckpt_path is None or self.dirpath is None:
             return
-        self._track_step_files_on_disk(trainer.global_step)
+        on_disk = self._track_step_files_on_disk(trainer.global_step)
         kept = {Path(path).resolve() for path in self.best_k_models} | {Path(trainer.ckpt_path).resolve()}
-        for path in Path(self.dirpath).glob("step=*.ckpt"):
-            match = STEP_CHECKPOINT.match(path.name)
-            if match and int(match.group(1)) <= trainer.global_step and path.resolve() not in kept:
+        for path in on_disk:
+            if path.resolve() not in kept:
                 path.unlink(missing_ok=True)
 
-    def _track_step_files_on_disk(self, global_step: int) -> None:
-        """Set ModelCheckpoint's top-k state to the newest ``save_top_k`` step files up to ``global_step``."""
+    def _track_step_files_on_disk(self, global_step: int) -> list[Path]:
+        """Set ModelCheckpoint's top-k state to the newest ``save_top_k`` step files up to ``global_step``; returns
+        every step file up to ``global_step``."""
         on_disk = []
         for path in Path(self.dirpath).glob("step=*.ckpt"):
             match = STEP_CHECKPOINT.match(path.name)
@@ -316,6 +316,7 @@ class RunCheckpoint(ModelCheckpoint):
         if kept:  # "best" is the newest step (monitor="step", mode="max"); the k-th best is the oldest kept
             self.best_model_path, self.best_model_score = str(kept[0][1]), torch.tensor(kept[0][0])
             self.kth_best_model_path, self.kth_value = str(kept[-1][1]), torch.tensor(kept[-1][0])
+        return [path for _, path in on_disk]
 
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
