@@ -190,3 +190,30 @@ def test_the_shift_suite_scores_the_clean_test_set_as_evaluate_does_and_every_sh
         assert suite["clean"][direction] == metrics["retrieval"][direction]["top1"]
     assert all(row["count"] == 32 and 0 <= row["shared_x_to_y"] <= 100 for row in suite.values())
     _expect_error(capsys, ["evaluate", str(out), "--shift-pairs", "5"], "give it with --shift-suite")
+
+
+def test_the_shift_suite_of_a_run_folder_reaches_its_report(run, tmp_path, capsys):
+    """``iiae evaluate RUN --shift-suite`` into the run's own metrics.json rewrites its report.md: a row per test set
+    with the numbers of metrics.json, and a line saying where the numbers come from; --json elsewhere leaves it."""
+    source, _ = run
+    out = tmp_path / "copy"
+    shutil.copytree(source, out)
+    before = (out / "report.md").read_text()
+    assert "## Robustness: the shift suite" not in before
+    assert main(["evaluate", str(out), "--no-measures", "--shift-suite", "--shift-pairs", "8"]) == 0
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    suite = json.loads((out / "metrics.json").read_text())["shift_suite"]
+    section = report.split("## Robustness: the shift suite", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| test set")]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(suite)
+    for row, (name, numbers) in zip(rows, suite.items()):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[2:] == [f"{numbers['shared_x_to_y']:.2f}", f"{numbers['shared_y_to_x']:.2f}", "8"], name
+    assert f"from `iiae evaluate` of {out / 'model'}" in report and "among all 32 candidates" in report
+    assert report.split("## Config", 1)[1] == before.split("## Config", 1)[1]  # the run's own config, unchanged
+
+    elsewhere = tmp_path / "elsewhere.json"
+    unchanged = (out / "report.md").read_text()
+    assert main(["evaluate", str(out), "--no-measures", "--json", str(elsewhere)]) == 0
+    assert (out / "report.md").read_text() == unchanged

@@ -16,6 +16,7 @@ with status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -123,6 +124,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
     from iiae.evaluation.shift_suite import format_shift_suite, shift_suite_retrieval
     from iiae.run_files import METRICS
+    from iiae.runs.report import refresh_report
     from iiae.runs.trained import write_metrics
 
     if args.json and args.out:
@@ -144,6 +146,10 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     path = write_metrics(target or trained.default_metrics_path(), table, trained, len(splits.test), splits.source,
                          measures, shift_suite)  # fmt: skip
     print(f"wrote {path}")
+    if trained.run_dir is not None and trained.run_config is not None and path == trained.run_dir / METRICS:
+        report = refresh_report(trained.run_dir, trained.run_config, json.loads(path.read_text(encoding="utf-8")))
+        if report is not None:
+            print(f"wrote {report}")
     return 0
 
 

@@ -53,6 +53,40 @@ def shift_suite_retrieval(model: IIAE, data: DataConfig, image_size: int, batch_
     return results
 
 
+SHIFT_DESCRIPTIONS = {
+    "clean": "the run's test pairs (unshifted)",
+    "colours_outside": "colours outside the training ranges (greyer or darker)",
+    "strokes_thinner": "strokes thinner in both domains",
+    "strokes_thicker": "strokes thicker in both domains",
+    "strokes_swapped": "X's strokes thicker than Y's (the opposite of training)",
+    "jpeg_q75": "JPEG quality 75",
+    "jpeg_q30": "JPEG quality 30",
+    "ab_png_256": "256x256 AB PNGs read back through the image loader",
+}
+
+
+def shift_suite_markdown(metrics: dict) -> str:
+    """The report section of ``metrics['shift_suite']`` (``iiae evaluate RUN --shift-suite``), or ``""``."""
+    results = metrics.get("shift_suite")
+    if not results:
+        return ""
+    rows = "\n".join(
+        f"| {name} | {SHIFT_DESCRIPTIONS.get(name, '')} | {row['shared_x_to_y']:.2f} | {row['shared_y_to_x']:.2f} "
+        f"| {int(row['count'])} |"
+        for name, row in results.items()
+    )
+    return f"""## Robustness: the shift suite
+
+Shared retrieval top-1 % on the run's own test digits drawn in ways its training pairs never were
+(`iiae evaluate RUN --shift-suite`; see `iiae.data.shifts`). Each set is searched on its own: the partner among all
+pairs of that set.
+
+| test set | shift | X→Y top-1 % | Y→X top-1 % | pairs |
+|---|---|---:|---:|---:|
+{rows}
+"""
+
+
 def format_shift_suite(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width table: one row per test set, shared top-1 % both ways."""
     lines = [f"{'test set':<18}{'X->Y top-1 %':>14}{'Y->X top-1 %':>14}{'pairs':>8}"]

@@ -11,6 +11,7 @@ from iiae.core.config import ExperimentConfig
 from iiae.engine.selection import early_stopping_markdown, selection_markdown
 from iiae.evaluation.measures import measures_markdown
 from iiae.evaluation.retrieval import format_retrieval_table
+from iiae.evaluation.shift_suite import shift_suite_markdown
 from iiae.run_files import REPORT
 
 # Paper keys in configs (``paper:`` section) and the retrieval direction they compare with.
@@ -50,14 +51,15 @@ def retrieval_markdown(metrics: dict) -> str:
 def write_report(config: ExperimentConfig, metrics: dict, out_dir: str | Path) -> Path:
     """Write ``report.md`` next to the figures it shows."""
     out_dir = Path(out_dir)
-    count = metrics["test_pairs"]
+    evaluated = metrics.get("evaluated")  # set by a later `iiae evaluate` of the run: its numbers are shown below
+    count = evaluated["test_pairs"] if evaluated else metrics["test_pairs"]
     text = f"""# IIAE run: {config.name}
 
 Data: {metrics['data_source']}; {metrics['train_pairs']} training pairs, {metrics.get('validation_pairs', 0)} validation
 pairs (held out of training, for model selection), {metrics['test_pairs']} test pairs.
 Training: {metrics['steps']} steps in {metrics['training_seconds']:.0f} s ({metrics['threads']} threads,
 torch {metrics['torch']}); {metrics['parameters']:,} parameters.
-{early_stopping_markdown(metrics.get('early_stopping'))}
+{early_stopping_markdown(metrics.get('early_stopping'))}{evaluated_markdown(evaluated)}
 ## Cross-domain retrieval (test pairs, L2 nearest neighbour among all {count} candidates)
 
 Shared codes (r^x, r^y means) should find the partner; exclusive codes (q(z^x|x), q(z^y|y) means) should not
@@ -70,6 +72,7 @@ Shared codes (r^x, r^y means) should find the partner; exclusive codes (q(z^x|x)
 ```
 
 {selection_markdown(metrics.get('selection'))}
+{shift_suite_markdown(metrics)}
 ## Translation
 
 Rows: input x; X→Y with r^x(x)'s mean and three z^y drawn from the prior; X→Y with z^y of the paired y;
@@ -96,6 +99,24 @@ shared content (the digit).
 
 {config_section(config.to_dict())}"""
     return atomic_write_text(out_dir / REPORT, text)
+
+
+def evaluated_markdown(evaluated: dict | None) -> str:
+    """A line saying that the numbers below come from ``iiae evaluate`` (metrics.json's ``evaluated``), or ``""``."""
+    if not evaluated:
+        return ""
+    step = "" if evaluated.get("step") is None else f" (step {evaluated['step']})"
+    return (f"\nThe numbers below are from `iiae evaluate` of {evaluated['model']}{step} on {evaluated['test_pairs']} "
+            f"test pairs ({evaluated['data_source']}), {evaluated['date']}.\n")  # fmt: skip
+
+
+def refresh_report(run_dir: str | Path, config: ExperimentConfig, metrics: dict) -> Path | None:
+    """Rewrite a run folder's report.md from its (re-evaluated) ``metrics``; None when the run has no report.md
+    (a run still training, or a folder that is not a finished run)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / REPORT).is_file():
+        return None
+    return write_report(config, metrics, run_dir)
 
 
 def config_section(values: dict) -> str:
