@@ -186,6 +186,9 @@ def test_the_shift_suite_scores_the_clean_test_set_as_evaluate_does_and_every_sh
     suite = json.loads(target.read_text())["shift_suite"]
     assert set(suite) == {"clean", "colours_outside", "strokes_thinner", "strokes_thicker", "strokes_swapped",
                           "jpeg_q75", "jpeg_q30", "ab_png_256"}  # fmt: skip
+    from iiae.data.shifts import SHIFT_DESCRIPTIONS
+
+    assert set(SHIFT_DESCRIPTIONS) == set(suite)  # every set the suite scores is described in report.md
     for direction in ("shared_x_to_y", "shared_y_to_x"):  # clean is the run's own test set, re-drawn
         assert suite["clean"][direction] == metrics["retrieval"][direction]["top1"]
     assert all(row["count"] == 32 and 0 <= row["shared_x_to_y"] <= 100 for row in suite.values())

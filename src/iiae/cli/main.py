@@ -16,7 +16,6 @@ with status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -143,11 +142,11 @@ def _command_evaluate(args: argparse.Namespace) -> int:
                                             config.train.eval_batch_size, args.shift_pairs)  # fmt: skip
         print(format_shift_suite(shift_suite))
     target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
-    path = write_metrics(target or trained.default_metrics_path(), table, trained, len(splits.test), splits.source,
-                         measures, shift_suite)  # fmt: skip
+    path = target or trained.default_metrics_path()
+    written = write_metrics(path, table, trained, len(splits.test), splits.source, measures, shift_suite)
     print(f"wrote {path}")
     if trained.run_dir is not None and trained.run_config is not None and path == trained.run_dir / METRICS:
-        report = refresh_report(trained.run_dir, trained.run_config, json.loads(path.read_text(encoding="utf-8")))
+        report = refresh_report(trained.run_dir, trained.run_config, written)
         if report is not None:
             print(f"wrote {report}")
     return 0

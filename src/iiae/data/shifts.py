@@ -142,6 +142,19 @@ def through_ab_pngs(images: np.ndarray, labels: np.ndarray, folder: str | Path, 
                         background_colour_x=draws.background_colour_x, digit_colour_y=draws.digit_colour_y)  # fmt: skip
 
 
+# What each test set of the suite is, by name (the clean set and every key of shifted_test_sets), for reports.
+SHIFT_DESCRIPTIONS = {
+    "clean": "the run's test pairs (unshifted)",
+    "colours_outside": "colours outside the training ranges (greyer or darker)",
+    "strokes_thinner": "strokes thinner in both domains",
+    "strokes_thicker": "strokes thicker in both domains",
+    "strokes_swapped": "X's strokes thicker than Y's (the opposite of training)",
+    "jpeg_q75": "JPEG quality 75",
+    "jpeg_q30": "JPEG quality 30",
+    "ab_png_256": "256x256 AB PNGs read back through the image loader",
+}
+
+
 def shifted_test_sets(images: np.ndarray, labels: np.ndarray, *, size: int = 32, seed: int = 0,
                       generator: str = DEFAULT_GENERATOR, workdir: str | Path) -> dict[str, PairedImages]:  # fmt: skip
     """Every shift of the suite, by name, from the test digits (``seed``: the test pairs' seed, so the unshifted

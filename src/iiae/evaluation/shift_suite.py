@@ -16,7 +16,7 @@ from iiae.core.config import DataConfig
 from iiae.core.model import IIAE
 from iiae.data.cdcb import make_cdcb
 from iiae.data.mnist import load_digits
-from iiae.data.shifts import shifted_test_sets
+from iiae.data.shifts import SHIFT_DESCRIPTIONS, shifted_test_sets
 from iiae.data.splits import cdcb_seeds
 from iiae.errors import ConfigError
 from iiae.evaluation.retrieval import evaluate_retrieval
@@ -51,18 +51,6 @@ def shift_suite_retrieval(model: IIAE, data: DataConfig, image_size: int, batch_
             results[name] = {**{direction: table[direction]["top1"] for direction in SHIFT_DIRECTIONS},
                              "count": float(len(pairs.x))}  # fmt: skip
     return results
-
-
-SHIFT_DESCRIPTIONS = {
-    "clean": "the run's test pairs (unshifted)",
-    "colours_outside": "colours outside the training ranges (greyer or darker)",
-    "strokes_thinner": "strokes thinner in both domains",
-    "strokes_thicker": "strokes thicker in both domains",
-    "strokes_swapped": "X's strokes thicker than Y's (the opposite of training)",
-    "jpeg_q75": "JPEG quality 75",
-    "jpeg_q30": "JPEG quality 30",
-    "ab_png_256": "256x256 AB PNGs read back through the image loader",
-}
 
 
 def shift_suite_markdown(metrics: dict) -> str:

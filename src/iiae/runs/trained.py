@@ -124,8 +124,9 @@ def write_metrics(
     data_source: str,
     measures: dict | None = None,
     shift_suite: dict[str, dict[str, float]] | None = None,
-) -> Path:
+) -> dict[str, Any]:
     """Write the retrieval table (and what was evaluated) as JSON; an existing metrics file keeps its other keys.
+    Returns the metrics as written.
 
     So evaluating a run folder refreshes the ``retrieval`` of its ``metrics.json`` and leaves the training
     facts (time, steps, model selection) as the main job wrote them. ``measures`` (``iiae.evaluation.measures``: fidelity
@@ -160,4 +161,4 @@ def write_metrics(
         atomic_write_json(path, existing)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+    return existing
