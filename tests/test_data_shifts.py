@@ -45,6 +45,10 @@ def test_colours_outside_the_training_ranges_on_the_same_strokes(digits, generat
         assert (greyer | darker).all()  # not one colour a training pair could have had
         assert greyer.double().mean() > 0.4 and darker.double().mean() > 0.4
         assert hsv[:, 2].min() >= LOWEST_VALUE - 1e-6
+    # every digit stays visible: CD's digit is >= LOWEST_VALUE above black, CB's background >= LOWEST_VALUE below
+    # the white digit in its darkest channel (near-white grey backgrounds hid the digit)
+    assert shifted.digit_colour_y.max(1).values.min() >= LOWEST_VALUE - 1e-6
+    assert (1.0 - shifted.background_colour_x.min(1).values).min() >= LOWEST_VALUE - 1e-6
     unit_y = (shifted.y + 1) / 2
     expected_y = shifted.digit_colour_y[:, :, None, None] * (plain.intensity_y if plain.intensity_y is not None
                                                              else plain.intensity)  # fmt: skip
@@ -111,3 +115,32 @@ def test_the_suite_names_every_shift_on_the_same_digits(digits, tmp_path):
         assert pairs.x.shape == (16, 3, 32, 32) and pairs.y.shape == (16, 3, 32, 32), name
         assert torch.equal(pairs.labels, torch.as_tensor(np.asarray(labels), dtype=torch.int64)), name
     assert Image.open(tmp_path / "test" / "1.png").size == (512, 256)
+
+
+def test_the_validation_suite_draws_the_held_out_digits_never_trained_or_tested_on(tmp_path):
+    """``split="validation"``: the digits of the run's validation pairs (same labels, same order), none of them a
+    digit the run trains or tests on, drawn with the training seed; the test split is the test digits."""
+    from tiny_runs import tiny_idx_folder
+
+    from iiae.core.config import DataConfig
+    from iiae.data.splits import build_cdcb_splits, cdcb_seeds
+    from iiae.evaluation.shift_suite import shift_suite_digits
+
+    data = DataConfig(dataset="mnist_cdcb", source="idx", root=str(tiny_idx_folder(tmp_path, train=80, test=20)),
+                      validation_fraction=0.25, split_seed=3, colour_seed=2)  # fmt: skip
+    splits = build_cdcb_splits(data, 16)
+    images, labels, seed = shift_suite_digits(data, "validation")
+    assert splits.validation is not None and len(images) == len(splits.validation) == 20
+    assert np.array_equal(labels, splits.validation.labels.numpy()) and seed == cdcb_seeds(data)[0]
+    loaded = load_digits("idx", data.root, split_seed=data.split_seed)
+    held = {image.tobytes() for image in images}
+    assert sum(image.tobytes() in held for image in loaded.train_images) == 20  # the 60 trained on are others
+    assert not held & {image.tobytes() for image in loaded.test_images}
+    test_images, test_labels, test_seed = shift_suite_digits(data, "test")
+    assert np.array_equal(test_images, loaded.test_images) and np.array_equal(test_labels, loaded.test_labels)
+    assert test_seed == cdcb_seeds(data)[1]
+    with pytest.raises(ConfigError, match="holds out 0 training digits"):
+        shift_suite_digits(DataConfig(dataset="mnist_cdcb", source="idx", root=data.root, validation_fraction=0.0),
+                           "validation")  # fmt: skip
+    with pytest.raises(ConfigError, match="must be one of test, validation"):
+        shift_suite_digits(data, "train")

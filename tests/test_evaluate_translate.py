@@ -220,3 +220,26 @@ def test_the_shift_suite_of_a_run_folder_reaches_its_report(run, tmp_path, capsy
     unchanged = (out / "report.md").read_text()
     assert main(["evaluate", str(out), "--no-measures", "--json", str(elsewhere)]) == 0
     assert (out / "report.md").read_text() == unchanged
+
+
+def test_the_shift_suite_on_validation_digits_goes_beside_the_test_suite(run, tmp_path, capsys):
+    """``--shift-split validation`` scores the 6 validation digits, writes ``validation_shift_suite`` and its own
+    report section, and keeps the test digits' suite as it was."""
+    source, _ = run
+    out = tmp_path / "copy"
+    shutil.copytree(source, out)
+    assert main(["evaluate", str(out), "--no-measures", "--shift-suite", "--shift-pairs", "8"]) == 0
+    test_suite = json.loads((out / "metrics.json").read_text())["shift_suite"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--no-measures", "--shift-suite", "--shift-split", "validation"]) == 0
+    assert "shift suite on validation digits:" in capsys.readouterr().out
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["shift_suite"] == test_suite and set(written["validation_shift_suite"]) == set(test_suite)
+    assert all(row["count"] == 6 for row in written["validation_shift_suite"].values())
+    assert set(written) <= keys_of(ImageRunMetrics)
+    report = (out / "report.md").read_text()
+    assert "## Robustness: the shift suite\n" in report
+    section = report.split("## Robustness on validation digits", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| test set")]
+    assert len(rows) == len(test_suite) and all(row.endswith("| 6 |") for row in rows)
+    _expect_error(capsys, ["evaluate", str(out), "--shift-split", "validation"], "give it with --shift-suite")

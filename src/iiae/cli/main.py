@@ -121,7 +121,7 @@ def _check_channels(trained, test) -> None:  # noqa: ANN001
 def _command_evaluate(args: argparse.Namespace) -> int:
     from iiae.evaluation.measures import measures_summary, run_measures
     from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
-    from iiae.evaluation.shift_suite import format_shift_suite, shift_suite_retrieval
+    from iiae.evaluation.shift_suite import SHIFT_SUITE_KEYS, format_shift_suite, shift_suite_retrieval
     from iiae.run_files import METRICS
     from iiae.runs.report import refresh_report
     from iiae.runs.trained import write_metrics
@@ -130,6 +130,9 @@ def _command_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("give --json FILE or --out DIR, not both")
     if args.shift_pairs is not None and not args.shift_suite:
         raise ConfigError("--shift-pairs sets the size of the shift suite's test sets: give it with --shift-suite")
+    if args.shift_split is not None and not args.shift_suite:
+        raise ConfigError("--shift-split chooses the digits of the shift suite: give it with --shift-suite")
+    shift_split = args.shift_split or "test"
     trained, splits, config = _trained_and_test_pairs(args)
     table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
     print(format_retrieval_table(table))
@@ -139,11 +142,13 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     shift_suite = None
     if args.shift_suite:
         shift_suite = shift_suite_retrieval(trained.model, config.data, config.model.image_size,
-                                            config.train.eval_batch_size, args.shift_pairs)  # fmt: skip
+                                            config.train.eval_batch_size, args.shift_pairs, shift_split)  # fmt: skip
+        print(f"shift suite on {shift_split} digits:")
         print(format_shift_suite(shift_suite))
     target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
     path = target or trained.default_metrics_path()
-    written = write_metrics(path, table, trained, len(splits.test), splits.source, measures, shift_suite)
+    written = write_metrics(path, table, trained, len(splits.test), splits.source, measures, shift_suite,
+                            SHIFT_SUITE_KEYS[shift_split])  # fmt: skip
     print(f"wrote {path}")
     if trained.run_dir is not None and trained.run_config is not None and path == trained.run_dir / METRICS:
         report = refresh_report(trained.run_dir, trained.run_config, written)
@@ -270,6 +275,10 @@ def make_parser() -> argparse.ArgumentParser:
                           "training ranges, other strokes, JPEG, 256 px PNGs read back)")  # fmt: skip
     evaluate.add_argument("--shift-pairs", type=int, metavar="N",
                           help="pairs per shifted test set [all test digits]")
+    evaluate.add_argument("--shift-split", choices=["test", "validation"],
+                          help="digits of the shift suite: the test digits, or the validation digits held out of "
+                          "training (to compare settings without test numbers; metrics.json's "
+                          "validation_shift_suite) [test]")  # fmt: skip
     evaluate.set_defaults(handler=_command_evaluate)
 
     translate = commands.add_parser("translate", help="translation, analogy and traversal PNGs of a trained model")

@@ -42,21 +42,22 @@ from iiae.data.strokes import PUBLISHED_STROKES, StrokeStyle, render_strokes
 from iiae.errors import ConfigError
 
 COLOUR_SHIFT_STREAM = 0xC0105  # second seed word of the outside-range colours (independent of the pairs' draws)
-LOWEST_VALUE = 0.1  # darker colours than this are not drawn even outside the range (a digit must stay visible)
+LOWEST_VALUE = 0.1  # the least contrast of a digit with its background, even outside the ranges (it must stay visible)
 STROKE_SHIFT = 0.15  # stroke-level change of the suite's thinner / thicker sets (the training spread is +-0.15)
 JPEG_QUALITIES = (75, 30)  # the suite's JPEG sets
 
 
 def _outside_colours(count: int, rng: np.random.Generator, saturation: tuple[float, float],
-                     value: tuple[float, float]) -> torch.Tensor:  # fmt: skip
+                     value: tuple[float, float], highest_value: float = 1.0) -> torch.Tensor:  # fmt: skip
     """``count`` RGB colours, each greyer (saturation below ``saturation``) or darker (value below ``value``, but
-    at least LOWEST_VALUE) than the range, the other coordinate inside it; hue uniform. Half of each kind."""
+    at least LOWEST_VALUE) than the range, the other coordinate inside it, the value at most ``highest_value``;
+    hue uniform. Half of each kind."""
     uniform = rng.random((count, 3))
     greyer = np.arange(count) % 2 == 0
     hsv = np.empty((count, 3))
     hsv[:, 0] = uniform[:, 0]
     inside_s = saturation[0] + uniform[:, 1] * (saturation[1] - saturation[0])
-    inside_v = value[0] + uniform[:, 2] * (value[1] - value[0])
+    inside_v = value[0] + uniform[:, 2] * (min(value[1], highest_value) - value[0])
     below_s = uniform[:, 1] * saturation[0]
     below_v = LOWEST_VALUE + uniform[:, 2] * max(value[0] - LOWEST_VALUE, 0.0)
     hsv[:, 1] = np.where(greyer, below_s, inside_s)
@@ -69,12 +70,19 @@ def colours_outside(images: np.ndarray, labels: np.ndarray, *, size: int = 32, s
     """The pairs ``make_cdcb(images, labels, size=size, seed=seed, generator=generator)`` (same strokes) with
     every background and digit colour outside that generator's ranges: half greyer than its lowest saturation,
     half darker than its lowest value (down to ``LOWEST_VALUE``). Colours from
-    ``numpy.random.default_rng([seed, COLOUR_SHIFT_STREAM])``."""
+    ``numpy.random.default_rng([seed, COLOUR_SHIFT_STREAM])``.
+
+    Every digit stays visible: a CD digit is at least LOWEST_VALUE brighter than its black background, and a CB
+    background at least LOWEST_VALUE darker than the white digit in some channel (a greyer background's value is
+    at most 1 - LOWEST_VALUE; without that, about 4 % of the backgrounds were near-white greys on which the white
+    digit all but vanishes, and the best models missed three in four of their partners: BENCHMARKS.md).
+    """
     check_generator(generator)
     pairs = make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator=generator)
     ranges = COLOUR_RANGES[generator]
     rng = np.random.default_rng([seed, COLOUR_SHIFT_STREAM])
-    background = _outside_colours(len(pairs), rng, ranges.saturation, ranges.background_value)
+    background = _outside_colours(len(pairs), rng, ranges.saturation, ranges.background_value,
+                                  highest_value=1.0 - LOWEST_VALUE)  # fmt: skip
     digit_colour = _outside_colours(len(pairs), rng, ranges.saturation, ranges.digit_value)
     x, y = compose_cdcb(pairs.intensity, background, digit_colour, pairs.intensity_y)
     return replace(pairs, x=x, y=y, background_colour_x=background, digit_colour_y=digit_colour)

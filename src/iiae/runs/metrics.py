@@ -76,6 +76,7 @@ class ImageRunMetrics(TrainingFacts, total=False):
     run_dir: str
     retrieval: dict[str, dict[str, float]]  # direction -> top1, hits, recall_at_5, recall_at_10, median_rank, count
     shift_suite: dict[str, dict[str, float]]  # iiae evaluate --shift-suite: test set -> shared top-1 both ways, count
+    validation_shift_suite: dict[str, dict[str, float]]  # the same on validation digits (--shift-split validation)
     paper: dict[str, float]
     train_pairs: int
     validation_pairs: int

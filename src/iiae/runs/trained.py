@@ -124,6 +124,7 @@ def write_metrics(
     data_source: str,
     measures: dict | None = None,
     shift_suite: dict[str, dict[str, float]] | None = None,
+    shift_suite_key: str = "shift_suite",
 ) -> dict[str, Any]:
     """Write the retrieval table (and what was evaluated) as JSON; an existing metrics file keeps its other keys.
     Returns the metrics as written.
@@ -131,7 +132,8 @@ def write_metrics(
     So evaluating a run folder refreshes the ``retrieval`` of its ``metrics.json`` and leaves the training
     facts (time, steps, model selection) as the main job wrote them. ``measures`` (``iiae.evaluation.measures``: fidelity
     and leakage of this model on these pairs) replace the file's measures; ``{}`` (data without known factors)
-    removes them, as they would describe other data; None leaves them as they are.
+    removes them, as they would describe other data; None leaves them as they are. ``shift_suite`` goes under
+    ``shift_suite_key`` (``validation_shift_suite`` for the suite on validation digits).
     """
     path = Path(path)
     existing: dict[str, Any] = {}
@@ -144,7 +146,7 @@ def write_metrics(
             raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
     existing["retrieval"] = table
     if shift_suite is not None:  # iiae.evaluation.shift_suite; a file's earlier suite is kept otherwise
-        existing["shift_suite"] = shift_suite
+        existing[shift_suite_key] = shift_suite
     if measures is not None:
         for key in MEASURE_KEYS:
             existing.pop(key, None)
