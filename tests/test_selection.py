@@ -135,3 +135,22 @@ def test_validation_pairs_are_held_out_of_training_and_the_test_pairs_are_untouc
     assert torch.equal(split.test.x, whole.test.x) and torch.equal(split.test.y, whole.test.y)
     trained_on = {bytes(image.numpy()) for image in split.train.x}
     assert not any(bytes(image.numpy()) in trained_on for image in split.validation.x)
+
+
+@pytest.mark.parametrize("count", [20, 500])
+def test_the_default_exclusive_hit_limit_rarely_turns_away_a_step_at_chance(count):
+    """Exclusive codes that know nothing of the pair (independent random codes) find about 1 partner per direction
+    whatever the pair count; the default limit turns such a step away under 5 % of the time (a limit of 1 did
+    about 26 %), and a step whose codes identify a tenth of 500 pairs is still turned away."""
+    from iiae.evaluation.retrieval import partner_ranks
+
+    generator = torch.Generator().manual_seed(count)
+    hits = torch.tensor([
+        int((partner_ranks(torch.randn(count, 8, generator=generator),
+                           torch.randn(count, 8, generator=generator)) == 0).sum())
+        for _ in range(300)
+    ]).double()  # fmt: skip
+    limit = TrainConfig.max_exclusive_hits
+    assert 0.8 < hits.mean() < 1.2
+    assert (hits > limit).double().mean() < 0.05 and (hits > 1).double().mean() > 0.18
+    assert not selection_record(10, _table((90, 90), (50, 0)), "top1", limit)["qualifies"]  # 10 % of 500 pairs

@@ -216,7 +216,10 @@ class TrainConfig:
     # Model selection (iiae.engine.selection) on the validation pairs; the selected model is evaluated and exported.
     select_every: int = 250  # steps between two validation retrievals (and at the last step); 0: use the last model
     select_metric: Literal["top1", "recall_at_5", "recall_at_10"] = "top1"  # maximised: shared X->Y + Y->X
-    max_exclusive_hits: int | None = 1  # a step qualifies if each exclusive direction finds <= this many; None: any
+    # A step qualifies if each exclusive direction finds <= this many partners (None: any). By chance alone a
+    # direction finds 1 on average whatever the pair count (about Poisson(1)): <= 3 turns a chance-level step away
+    # 2 % of the time, <= 1 did so 26 % of the time (BENCHMARKS.md, "exclusive-hit limit").
+    max_exclusive_hits: int | None = 3
     # Early stopping on the same validation evaluations: stop once this many evaluations in a row bring no
     # qualifying score (shared X->Y + Y->X, in percentage points) above the last improvement by more than
     # early_stop_min_delta (a tie is no improvement). 0: off, train all steps. Needs select_every > 0.

@@ -3,7 +3,8 @@
 Every ``train.select_every`` steps (and at the last step) :class:`RetrievalSelection` encodes the validation pairs
 (posterior means, batch norm in inference mode) and measures the four retrieval directions of
 :mod:`iiae.evaluation.retrieval`. An evaluation *qualifies* when each exclusive direction retrieves at most
-``train.max_exclusive_hits`` correct partners (exclusive codes must not identify the pair; None: no limit). Among
+``train.max_exclusive_hits`` correct partners (exclusive codes must not identify the pair beyond chance, which
+finds about one per direction; None: no limit). Among
 qualifying evaluations the one with the highest shared score (``train.select_metric`` of shared X->Y plus shared
 Y->X; the latest on a tie: on easy data the validation score saturates, and the
 later step has trained longer) is saved as ``checkpoints/best.ckpt`` with Lightning's own checkpointing; the
@@ -47,7 +48,10 @@ LOG = logging.getLogger("iiae.engine")
 
 
 def selection_record(
-    step: int, table: dict[str, dict[str, float]], metric: str = "top1", max_exclusive_hits: int | None = 1
+    step: int,
+    table: dict[str, dict[str, float]],
+    metric: str = "top1",
+    max_exclusive_hits: int | None = TrainConfig.max_exclusive_hits,
 ) -> dict[str, Any]:
     """One evaluation: its step, shared score, exclusive hits, whether it qualifies, and the table's top-1s."""
     exclusive_hits = {direction: int(table[direction]["hits"]) for direction in EXCLUSIVE}
@@ -137,7 +141,7 @@ class RetrievalSelection(Callback):
         x: Any = None,
         y: Any = None,
         metric: str = "top1",  # summed over shared X->Y and Y->X; higher is better
-        max_exclusive_hits: int | None = 1,  # per exclusive direction; None: no constraint
+        max_exclusive_hits: int | None = TrainConfig.max_exclusive_hits,  # per exclusive direction; None: any
         batch_size: int = 500,
         measure: Measure | None = None,
         early_stop: PatienceStop | None = None,  # the early-stopping rule; None: never stops early
