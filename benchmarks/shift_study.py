@@ -34,11 +34,15 @@ def worst_shifted_set(suite: dict[str, dict[str, float]]) -> tuple[float, str]:
     return scores[name], name
 
 
-def summary(runs: list[Path], split: str) -> dict[str, float]:
-    """Mean over the runs of: clean (both directions' mean), worst shifted set, mean over shifted sets."""
+def suites(runs: list[Path], split: str) -> list[dict[str, dict[str, float]]]:
+    """The shift suite of ``split`` from each run's metrics.json."""
+    return [json.loads((run / "metrics.json").read_text(encoding="utf-8"))[SHIFT_SUITE_KEYS[split]] for run in runs]
+
+
+def summary(runs_suites: list[dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Mean over the runs' suites of: clean (both directions' mean), worst shifted set, mean over shifted sets."""
     clean, worst, mean = [], [], []
-    for run in runs:
-        suite = json.loads((run / "metrics.json").read_text(encoding="utf-8"))[SHIFT_SUITE_KEYS[split]]
+    for suite in runs_suites:
         clean.append(statistics.fmean(suite["clean"][direction] for direction in SHIFT_DIRECTIONS))
         worst.append(worst_shifted_set(suite)[0])
         mean.append(statistics.fmean(row[direction] for name, row in suite.items() if name != "clean"
@@ -78,18 +82,18 @@ def main() -> None:
     header = ("| setting | seeds | validation clean | validation worst set (min-max) | validation shifted mean "
               "| test clean | test worst set (min-max) | test shifted mean |")
     rows = [header, "|---|---:|" + "---:|" * 6]
-    chosen = max(groups, key=lambda name: summary(groups[name], "validation")["worst"])
+    loaded = {name: {split: suites(runs, split) for split in SPLITS} for name, runs in groups.items()}
+    numbers = {name: {split: summary(by_split[split]) for split in SPLITS} for name, by_split in loaded.items()}
+    chosen = max(groups, key=lambda name: numbers[name]["validation"]["worst"])
     for name, runs in groups.items():
         cells = [name + (" (chosen)" if name == chosen else ""), str(len(runs))]
         for split in SPLITS:
-            numbers = summary(runs, split)
-            cells += [f"{numbers['clean']:.2f}",
-                      f"{numbers['worst']:.2f} ({numbers['worst_min']:.1f}-{numbers['worst_max']:.1f})",
-                      f"{numbers['shifted_mean']:.2f}"]  # fmt: skip
+            row = numbers[name][split]
+            cells += [f"{row['clean']:.2f}", f"{row['worst']:.2f} ({row['worst_min']:.1f}-{row['worst_max']:.1f})",
+                      f"{row['shifted_mean']:.2f}"]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
-    worst_sets = {name: [worst_shifted_set(json.loads((run / "metrics.json").read_text())
-                                           [SHIFT_SUITE_KEYS["validation"]])[1] for run in runs]
-                  for name, runs in groups.items()}  # fmt: skip
+    worst_sets = {name: [worst_shifted_set(suite)[1] for suite in by_split["validation"]]
+                  for name, by_split in loaded.items()}  # fmt: skip
     text = "\n".join(rows) + "\n\nworst validation set per run: " + "; ".join(
         f"{name}: {', '.join(sets)}" for name, sets in worst_sets.items()) + "\n"
     print(text)

@@ -66,7 +66,8 @@ def _outside_colours(count: int, rng: np.random.Generator, saturation: tuple[flo
 
 
 def colours_outside(images: np.ndarray, labels: np.ndarray, *, size: int = 32, seed: int = 0,
-                    generator: str = DEFAULT_GENERATOR) -> PairedImages:  # fmt: skip
+                    generator: str = DEFAULT_GENERATOR,
+                    highest_background_value: float = 1.0 - LOWEST_VALUE) -> PairedImages:  # fmt: skip
     """The pairs ``make_cdcb(images, labels, size=size, seed=seed, generator=generator)`` (same strokes) with
     every background and digit colour outside that generator's ranges: half greyer than its lowest saturation,
     half darker than its lowest value (down to ``LOWEST_VALUE``). Colours from
@@ -74,15 +75,16 @@ def colours_outside(images: np.ndarray, labels: np.ndarray, *, size: int = 32, s
 
     Every digit stays visible: a CD digit is at least LOWEST_VALUE brighter than its black background, and a CB
     background at least LOWEST_VALUE darker than the white digit in some channel (a greyer background's value is
-    at most 1 - LOWEST_VALUE; without that, about 4 % of the backgrounds were near-white greys on which the white
-    digit all but vanishes, and the best models missed three in four of their partners: BENCHMARKS.md).
+    at most ``highest_background_value``, 1 - LOWEST_VALUE; with 1, as before that guard, about 4 % of the
+    backgrounds were near-white greys on which the white digit all but vanishes, and the best models missed three
+    in four of their partners: BENCHMARKS.md).
     """
     check_generator(generator)
     pairs = make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator=generator)
     ranges = COLOUR_RANGES[generator]
     rng = np.random.default_rng([seed, COLOUR_SHIFT_STREAM])
     background = _outside_colours(len(pairs), rng, ranges.saturation, ranges.background_value,
-                                  highest_value=1.0 - LOWEST_VALUE)  # fmt: skip
+                                  highest_value=highest_background_value)  # fmt: skip
     digit_colour = _outside_colours(len(pairs), rng, ranges.saturation, ranges.digit_value)
     x, y = compose_cdcb(pairs.intensity, background, digit_colour, pairs.intensity_y)
     return replace(pairs, x=x, y=y, background_colour_x=background, digit_colour_y=digit_colour)

@@ -34,7 +34,11 @@ SHIFT_SUITE_KEYS = {"test": "shift_suite", "validation": "validation_shift_suite
 
 def shift_suite_digits(data: DataConfig, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """The digit images, labels and draw seed the suite of ``split`` uses: the run's test digits and test seed,
-    or the digits held out of training as its validation pairs (in their order) and the training seed."""
+    or the digits held out of training as its validation pairs (in their order) and the training seed.
+    ConfigError for data that is not MNIST-CDCB-like or holds out fewer than 2 validation digits."""
+    if data.dataset not in CDCB_DATASETS:
+        raise ConfigError(f"the shift suite re-draws MNIST-CDCB test pairs; this run's data.dataset is "
+                          f"{data.dataset!r} (expected one of {', '.join(CDCB_DATASETS)})")  # fmt: skip
     if split not in SHIFT_SUITE_KEYS:
         raise ConfigError(f"the shift suite's split must be one of {', '.join(SHIFT_SUITE_KEYS)}, got {split!r}")
     digits = load_digits(data.source, data.root, dataset=CDCB_DATASETS[data.dataset], split_seed=data.split_seed)
@@ -58,9 +62,6 @@ def shift_suite_retrieval(model: IIAE, data: DataConfig, image_size: int, batch_
     ``clean`` is those digits in newly drawn colours); ``limit``: the first ``limit`` digits only, their colours
     drawn anew for that count. ConfigError for data that is not MNIST-CDCB-like or has no such digits.
     """
-    if data.dataset not in CDCB_DATASETS:
-        raise ConfigError(f"the shift suite re-draws MNIST-CDCB test pairs; this run's data.dataset is "
-                          f"{data.dataset!r} (expected one of {', '.join(CDCB_DATASETS)})")  # fmt: skip
     if limit is not None and limit < 2:
         raise ConfigError(f"the shift suite needs at least 2 pairs, got a limit of {limit}")
     images, labels, seed = shift_suite_digits(data, split)

@@ -1,0 +1,109 @@
+"""Where the shift suite's misses sit (issue 14): the colours-outside misses against the contrast of the digit,
+the thinner-strokes misses against the ink a thinned digit keeps.
+
+    python benchmarks/shift_misses.py colours runs/main runs/main_aug [--pairs 1000]
+    python benchmarks/shift_misses.py thinner runs/main [--pairs 1000]
+
+For each run (its exported model and config) the first ``--pairs`` test digits are drawn as the suite draws them,
+and a pair is *missed* when shared retrieval does not put its partner first in either direction.
+
+``colours``: the colours-outside set twice, as the suite draws it (every digit at least ``LOWEST_VALUE`` from its
+background) and as it did before that guard (a greyer CB background could be a near-white grey, which hides the
+white digit). Printed: shared top-1 both ways on each, and on the unguarded one the share of pairs missed by
+the contrast of the digit with its background (CB: the darkest channel's distance from white; CD: the digit's
+brightest channel).
+
+``thinner``: the thinner set (stroke level +STROKE_SHIFT in both domains). Printed: how many pairs keep less than
+0.5, 1, 1.5, 2 % of the image as ink in their thinner domain and how many of those are missed, the least ink of a
+clean pair, and the miss rate by quartile of ink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+import torch
+
+from iiae.core.model import IIAE
+from iiae.data.cdcb import PairedImages, make_cdcb
+from iiae.data.cdcb_statistics import ink_fractions
+from iiae.data.shifts import STROKE_SHIFT, colours_outside, stroke_shift
+from iiae.evaluation.retrieval import encode_pairs, partner_ranks
+from iiae.evaluation.shift_suite import shift_suite_digits
+from iiae.runs.trained import TrainedModel, load_trained
+
+CONTRAST_BINS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.01)
+INK_THRESHOLDS = (0.005, 0.01, 0.015, 0.02)
+
+
+def misses(model: IIAE, pairs: PairedImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair, whether shared retrieval misses its partner X->Y and Y->X."""
+    codes = encode_pairs(model, pairs.x, pairs.y)
+    return partner_ranks(codes.shared_x, codes.shared_y) > 0, partner_ranks(codes.shared_y, codes.shared_x) > 0
+
+
+def colours(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    generator = trained.run_config.data.generator
+    size = trained.model.config.image_size
+    guarded = colours_outside(images, labels, size=size, seed=seed, generator=generator)
+    unguarded = colours_outside(images, labels, size=size, seed=seed, generator=generator,
+                                highest_background_value=1.0)  # fmt: skip
+    for name, pairs in (("suite (guarded)", guarded), ("unguarded", unguarded)):
+        x_to_y, y_to_x = misses(trained.model, pairs)
+        print(f"  {name:<16} top-1 X->Y {100 - x_to_y.double().mean() * 100:.1f} %, "
+              f"Y->X {100 - y_to_x.double().mean() * 100:.1f} %")
+    missed = (x_to_y | y_to_x).numpy()  # the unguarded set's
+    contrast_x = (1.0 - unguarded.background_colour_x.min(1).values).numpy()
+    contrast_y = unguarded.digit_colour_y.max(1).values.numpy()
+    for low, high in itertools.pairwise(CONTRAST_BINS):
+        cells = []
+        for domain, contrast in (("CB", contrast_x), ("CD", contrast_y)):
+            chosen = (contrast >= low) & (contrast < high)
+            rate = f"{missed[chosen].mean():.2f}" if chosen.any() else "-"
+            cells.append(f"{domain} {chosen.sum():4d} pairs, missed {rate}")
+        print(f"    contrast [{low:.1f}, {min(high, 1.0):.1f}): " + "; ".join(cells))
+
+
+def least_ink(pairs: PairedImages) -> np.ndarray:
+    """Per pair, the ink fraction of its thinner domain."""
+    return np.minimum(ink_fractions(pairs.intensity).numpy(), ink_fractions(pairs.intensity_y).numpy())
+
+
+def thinner(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    size = trained.model.config.image_size
+    pairs = stroke_shift(images, labels, level_change_x=STROKE_SHIFT, level_change_y=STROKE_SHIFT, size=size,
+                         seed=seed)  # fmt: skip
+    clean = make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator="published_like")
+    x_to_y, y_to_x = misses(trained.model, pairs)
+    missed = (x_to_y | y_to_x).numpy()
+    ink = least_ink(pairs)
+    print(f"  {int(missed.sum())} of {len(ink)} thinner pairs missed; the least ink of a clean pair "
+          f"{least_ink(clean).min() * 100:.2f} %")
+    for threshold in INK_THRESHOLDS:
+        below = ink < threshold
+        print(f"  ink under {threshold * 100:.1f} %: {int(below.sum())} pairs, {int(missed[below].sum())} missed")
+    for low, high in itertools.pairwise(np.quantile(ink, [0.0, 0.25, 0.5, 0.75, 1.0])):
+        chosen = (ink >= low) & (ink <= high)
+        print(f"  ink {low * 100:.2f}-{high * 100:.2f} %: {int(chosen.sum())} pairs, missed "
+              f"{missed[chosen].mean() * 100:.1f} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("shift", choices=["colours", "thinner"])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--pairs", type=int, default=1000)
+    args = parser.parse_args()
+    analyse = colours if args.shift == "colours" else thinner
+    for run in args.runs:
+        trained = load_trained(run)
+        data = trained.run_config.data
+        images, labels, seed = shift_suite_digits(data, "test")
+        print(f"{run} ({data.generator} pairs, {min(len(images), args.pairs)} test digits)")
+        analyse(trained, images[: args.pairs], labels[: args.pairs], seed)
+
+
+if __name__ == "__main__":
+    main()
