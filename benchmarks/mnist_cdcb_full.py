@@ -3,6 +3,7 @@
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist                 # stops early (patience 5)
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --early-stop-patience 0  # all 20,000 steps
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --steps 300 --select-every 100  # smoke
+    python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --set data.augment=true  # any config key
     IIAE_SHARED_DATA=../shared/data python benchmarks/mnist_cdcb_full.py --json full.json
 
 The config is ``mnist_cdcb_full`` (the 32x32 model; 1,200 of the 60,000 training pairs held out for model
@@ -23,13 +24,15 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
-from iiae.core.config import resolve_config
+from iiae.core.config import apply_overrides, config_from_dict, resolve_config
+from iiae.errors import ConfigError
 from iiae.runs.run_folder import default_run_dir
 from iiae.runs.runner import train_and_evaluate
 
@@ -69,10 +72,14 @@ def main() -> None:
     parser.add_argument("--early-stop-patience", type=int, help="evaluations without improvement; 0: off [5]")
     parser.add_argument("--out", help="run folder [runs/mnist_cdcb_full-<time>]")
     parser.add_argument("--json", help="write the results to this file too")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="as iiae train's")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    config = resolve_config("mnist_cdcb_full")
+    try:
+        config = config_from_dict(apply_overrides(resolve_config("mnist_cdcb_full").to_dict(), args.set))
+    except ConfigError as error:
+        sys.exit(f"mnist_cdcb_full.py: {error}")
     config.data.root = args.data_root
     if args.steps:
         config.train.steps = args.steps
@@ -90,6 +97,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "load_average_1min_at_end": os.getloadavg()[0],
         "run_dir": metrics["run_dir"],
+        "overrides": args.set,
         "steps": metrics["steps"],
         "train_pairs": metrics["train_pairs"],
         "test_pairs": metrics["test_pairs"],
