@@ -1,8 +1,9 @@
 """Where the shift suite's misses sit (issue 14): the colours-outside misses against the contrast of the digit,
-the thinner-strokes misses against the ink a thinned digit keeps.
+the thinner-strokes misses against the ink a thinned digit keeps, and the clean set's misses.
 
     python benchmarks/shift_misses.py colours runs/main runs/main_aug [--pairs 1000]
     python benchmarks/shift_misses.py thinner runs/main [--pairs 1000]
+    python benchmarks/shift_misses.py clean runs/main [--pairs 1000]
 
 For each run (its exported model and config) the first ``--pairs`` test digits are drawn as the suite draws them,
 and a pair is *missed* when shared retrieval does not put its partner first in either direction.
@@ -16,6 +17,11 @@ brightest channel).
 ``thinner``: the thinner set (stroke level +STROKE_SHIFT in both domains). Printed: how many pairs keep less than
 0.5, 1, 1.5, 2 % of the image as ink in their thinner domain and how many of those are missed, the least ink of a
 clean pair, and the miss rate by quartile of ink.
+
+``clean``: the clean set (the suite's first set). Printed: the miss rate by quartile of ink (thinner domain), of
+contrast (the lower of CB and CD), and of the correlation between the X and Y digit masks (the published-like
+generator's per-domain strokes); and every missed query: its digit, ink, contrast, mask correlation, the
+partner's rank and the digit of the pair retrieved instead.
 """
 
 from __future__ import annotations
@@ -90,13 +96,58 @@ def thinner(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed:
               f"{missed[chosen].mean() * 100:.1f} %")
 
 
+def mask_correlation(pairs: PairedImages) -> np.ndarray:
+    """Per pair, the Pearson correlation of its X and Y digit masks."""
+    x, y = (mask.flatten(1).double() for mask in (pairs.intensity, pairs.intensity_y))
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-12)).numpy()
+
+
+def print_by_quartile(name: str, values: np.ndarray, missed: np.ndarray) -> None:
+    edges = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
+    cells = [f"{low:.3g}-{high:.3g}: {missed[(values >= low) & (values <= high)].mean() * 100:.1f} %"
+             for low, high in itertools.pairwise(edges)]  # fmt: skip
+    print(f"  missed by quartile of {name}: " + ", ".join(cells))
+
+
+def clean(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    generator = trained.run_config.data.generator
+    pairs = make_cdcb(images, labels, size=trained.model.config.image_size, seed=seed, keep_intensity=True,
+                      generator=generator)  # fmt: skip
+    if pairs.intensity_y is None:  # the classic generator: one mask for both domains
+        pairs.intensity_y = pairs.intensity
+    codes = encode_pairs(trained.model, pairs.x, pairs.y)
+    ink, correlation = least_ink(pairs), mask_correlation(pairs)
+    contrast = np.minimum((1.0 - pairs.background_colour_x.min(1).values).numpy(),
+                          pairs.digit_colour_y.max(1).values.numpy())  # fmt: skip
+    label = np.asarray(labels)
+    any_missed = np.zeros(len(label), dtype=bool)
+    for direction, queries, candidates in (("X->Y", codes.shared_x, codes.shared_y),
+                                           ("Y->X", codes.shared_y, codes.shared_x)):  # fmt: skip
+        ranks = partner_ranks(queries, candidates).numpy()
+        missed = ranks > 0
+        any_missed |= missed
+        retrieved = torch.cdist(queries[missed].double(), candidates.double()).argmin(1).numpy()
+        same_digit = int((label[retrieved] == label[missed]).sum())
+        print(f"  {direction}: {int(missed.sum())} of {len(label)} missed; the pair retrieved instead shows the same "
+              f"digit for {same_digit}")
+        for query, instead in zip(np.flatnonzero(missed), retrieved):
+            print(f"    pair {query}: digit {label[query]}, ink {ink[query] * 100:.1f} %, contrast "
+                  f"{contrast[query]:.2f}, mask correlation {correlation[query]:.2f}, partner rank {ranks[query]}, "
+                  f"retrieved digit {label[instead]}")
+    print(f"  all pairs: ink {np.median(ink) * 100:.1f} % (median), contrast {np.median(contrast):.2f}, mask "
+          f"correlation {np.median(correlation):.2f}")
+    for name, values in (("ink", ink), ("contrast", contrast), ("mask correlation", correlation)):
+        print_by_quartile(name, values, any_missed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("shift", choices=["colours", "thinner"])
+    parser.add_argument("shift", choices=["colours", "thinner", "clean"])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--pairs", type=int, default=1000)
     args = parser.parse_args()
-    analyse = colours if args.shift == "colours" else thinner
+    analyse = {"colours": colours, "thinner": thinner, "clean": clean}[args.shift]
     for run in args.runs:
         trained = load_trained(run)
         data = trained.run_config.data
