@@ -4,6 +4,7 @@ the thinner-strokes misses against the ink a thinned digit keeps, and the clean 
     python benchmarks/shift_misses.py colours runs/main runs/main_aug [--pairs 1000]
     python benchmarks/shift_misses.py thinner runs/main [--pairs 1000]
     python benchmarks/shift_misses.py clean runs/main [--pairs 1000]
+    python benchmarks/shift_misses.py every runs/main [--pairs 1000]
 
 For each run (its exported model and config) the first ``--pairs`` test digits are drawn as the suite draws them,
 and a pair is *missed* when shared retrieval does not put its partner first in either direction.
@@ -22,12 +23,17 @@ clean pair, and the miss rate by quartile of ink.
 contrast (the lower of CB and CD), and of the correlation between the X and Y digit masks (the published-like
 generator's per-domain strokes); and every missed query: its digit, ink, contrast, mask correlation, the
 partner's rank and the digit of the pair retrieved instead.
+
+``every``: each set of the suite (clean first). Printed per set: the pairs missed in either direction, how many
+of those the clean set misses too, how many retrieve a pair of the same digit instead, and how many are in the
+clean pairs' lowest quarter of ink or of contrast (the pairs and colours are the same digits in every set).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import tempfile
 
 import numpy as np
 import torch
@@ -35,7 +41,7 @@ import torch
 from iiae.core.model import IIAE
 from iiae.data.cdcb import PairedImages, make_cdcb
 from iiae.data.cdcb_statistics import ink_fractions
-from iiae.data.shifts import STROKE_SHIFT, colours_outside, stroke_shift
+from iiae.data.shifts import STROKE_SHIFT, colours_outside, shifted_test_sets, stroke_shift
 from iiae.evaluation.retrieval import encode_pairs, partner_ranks
 from iiae.evaluation.shift_suite import shift_suite_digits
 from iiae.runs.trained import TrainedModel, load_trained
@@ -141,13 +147,42 @@ def clean(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: i
         print_by_quartile(name, values, any_missed)
 
 
+def every(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+    generator, size = trained.run_config.data.generator, trained.model.config.image_size
+    plain = make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator=generator)
+    if plain.intensity_y is None:
+        plain.intensity_y = plain.intensity
+    ink = least_ink(plain)
+    contrast = np.minimum((1.0 - plain.background_colour_x.min(1).values).numpy(),
+                          plain.digit_colour_y.max(1).values.numpy())  # fmt: skip
+    thin, faint = ink <= np.quantile(ink, 0.25), contrast <= np.quantile(contrast, 0.25)
+    label = np.asarray(labels)
+    with tempfile.TemporaryDirectory() as workdir:
+        sets = {"clean": plain, **shifted_test_sets(images, labels, size=size, seed=seed, generator=generator,
+                                                    workdir=workdir)}  # fmt: skip
+    clean_missed = None
+    print("  set: missed pairs (either direction); of them: missed clean too, same digit retrieved, "
+          "lowest-quarter ink, lowest-quarter contrast")
+    for name, pairs in sets.items():
+        codes = encode_pairs(trained.model, pairs.x, pairs.y)
+        missed, same_digit = np.zeros(len(label), dtype=bool), np.zeros(len(label), dtype=bool)
+        for queries, candidates in ((codes.shared_x, codes.shared_y), (codes.shared_y, codes.shared_x)):
+            wrong = (partner_ranks(queries, candidates) > 0).numpy()
+            retrieved = torch.cdist(queries[wrong].double(), candidates.double()).argmin(1).numpy()
+            same_digit[np.flatnonzero(wrong)[label[retrieved] == label[wrong]]] = True
+            missed |= wrong
+        clean_missed = missed if clean_missed is None else clean_missed
+        print(f"  {name:<16} {int(missed.sum()):3d}; {int((missed & clean_missed).sum()):3d}, "
+              f"{int((missed & same_digit).sum()):3d}, {int((missed & thin).sum()):3d}, {int((missed & faint).sum()):3d}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("shift", choices=["colours", "thinner", "clean"])
+    parser.add_argument("shift", choices=["colours", "thinner", "clean", "every"])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--pairs", type=int, default=1000)
     args = parser.parse_args()
-    analyse = {"colours": colours, "thinner": thinner, "clean": clean}[args.shift]
+    analyse = {"colours": colours, "thinner": thinner, "clean": clean, "every": every}[args.shift]
     for run in args.runs:
         trained = load_trained(run)
         data = trained.run_config.data
