@@ -31,11 +31,11 @@ from tiny_runs import (
 from torch.utils.data import DataLoader, TensorDataset
 
 from iiae.core.config import ExperimentConfig, TrainConfig, resolve_config
-from iiae.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint, load_checkpoint
+from iiae.engine.checkpoint_files import early_stopped_step, load_checkpoint
+from iiae.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from iiae.engine.selection import (
     PatienceStop,
     RetrievalSelection,
-    early_stopped_step,
     selection_record,
 )
 from iiae.engine.training import IIAELightning

@@ -243,3 +243,31 @@ def test_the_shift_suite_on_validation_digits_goes_beside_the_test_suite(run, tm
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| test set")]
     assert len(rows) == len(test_suite) and all(row.endswith("| 6 |") for row in rows)
     _expect_error(capsys, ["evaluate", str(out), "--shift-split", "validation"], "give it with --shift-suite")
+
+
+READ_ONLY_COMMANDS = """
+import sys
+from iiae.cli.main import main
+run, out = sys.argv[1], sys.argv[2]
+assert main(["evaluate", run, "--no-measures", "--json", out + "/metrics.json"]) == 0
+assert main(["evaluate", run + "/checkpoints/last.ckpt", "--no-measures", "--json", out + "/last.json"]) == 0
+assert main(["translate", run, "--out", out + "/figures", "--count", "2"]) == 0
+assert main(["export", run, "--out", out + "/model"]) == 0
+heavy = sorted(name for name in ("lightning", "sklearn") if name in sys.modules)
+print("imported:", heavy)
+"""
+
+
+def test_commands_that_read_a_run_never_import_lightning_or_scikit_learn(run, tmp_path):
+    """evaluate (--no-measures), translate and export read checkpoints and models without the training stack:
+    importing Lightning and scikit-learn costs about 5 s of every such command."""
+    import subprocess
+    import sys
+
+    out, metrics = run
+    result = subprocess.run([sys.executable, "-c", READ_ONLY_COMMANDS, str(out), str(tmp_path)], capture_output=True,
+                            text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "imported: []" in result.stdout, result.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["retrieval"] == metrics["retrieval"]
+    assert json.loads((tmp_path / "last.json").read_text())["evaluated"]["step"] == 2

@@ -25,7 +25,7 @@ from iiae.cli.main import main
 from iiae.core.config import ExperimentConfig, config_from_dict
 from iiae.data.idx import read_idx, write_idx
 from iiae.data.paired_images import ImageFileError, _inspect
-from iiae.engine.checkpointing import load_checkpoint
+from iiae.engine.checkpoint_files import load_checkpoint
 from iiae.errors import CheckpointError, ConfigError, DataError
 
 EXAMPLES = int(os.environ.get("IIAE_FUZZ_EXAMPLES", "25"))

@@ -16,7 +16,7 @@ from iiae.core.objective import (
     kl_to_standard_normal,
     split_gaussian,
 )
-from iiae.engine.checkpointing import load_checkpoint, newest_checkpoint
+from iiae.engine.checkpoint_files import load_checkpoint, newest_checkpoint
 from iiae.engine.guards import NonFiniteGuard
 from iiae.errors import NonFiniteError
 from iiae.runs.runner import train_and_evaluate

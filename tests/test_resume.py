@@ -30,7 +30,7 @@ from tiny_runs import (
 from iiae import IIAE
 from iiae.cli.main import main
 from iiae.core.config import load_config
-from iiae.engine.checkpointing import load_checkpoint, newest_checkpoint
+from iiae.engine.checkpoint_files import load_checkpoint, newest_checkpoint
 from iiae.errors import OutputError
 from iiae.runs.run_folder import RunLock
 

@@ -13,14 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from iiae.core.config import DataConfig, TrainConfig
 from iiae.data.splits import build_cdcb_splits, held_out_indices
-from iiae.engine.checkpointing import load_checkpoint, model_state
+from iiae.engine.checkpoint_files import load_checkpoint, model_state
 from iiae.engine.selection import (
     RetrievalSelection,
     selected_model,
-    selection_markdown,
     selection_record,
 )
 from iiae.engine.training import IIAELightning
+from iiae.runs.report import selection_markdown
 
 TINY = {"model": {"image_size": 16, "encoder_widths": [8], "exclusive_widths": [8], "decoder_widths": [8]},
         "train": {"learning_rate": 0.01}}  # fmt: skip

@@ -194,7 +194,7 @@ def test_sigkill_then_resume_of_a_zero_shot_run_is_bit_identical(tmp_path):
     import torch
     from tiny_runs import SLOW_CLI, run_cli, start_cli
 
-    from iiae.engine.checkpointing import load_checkpoint
+    from iiae.engine.checkpoint_files import load_checkpoint
 
     features, steps = plain_features(tmp_path), 16
     reference, killed = tmp_path / "reference", tmp_path / "killed"

@@ -32,6 +32,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from iiae.atomic import atomic_write_text
+from iiae.engine.checkpoint_files import LOG_ROWS_KEY
 from iiae.errors import CheckpointError
 from iiae.run_files import METRICS_LOG
 
@@ -147,7 +148,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the log
-LOG_ROWS_KEY = "iiae_metrics_log_rows"  # checkpoint entry: rows of logs/metrics.csv written when it was saved
 
 
 def count_log_rows(path: Path) -> int:

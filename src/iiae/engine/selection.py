@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback
 
 from iiae.core.config import TrainConfig
 from iiae.core.model import IIAE
-from iiae.engine.checkpointing import load_checkpoint, model_state
+from iiae.engine.checkpoint_files import SELECTION_STATE_KEY, load_checkpoint, model_state
 from iiae.evaluation.retrieval import encode_pairs, retrieval_table
 from iiae.run_files import BEST_CHECKPOINT
 
@@ -133,6 +133,11 @@ class RetrievalSelection(Callback):
     validation pairs ``x``, ``y``); tests pass synthetic tables. The callback's history is saved in every
     checkpoint of the run, so a resumed run keeps its best.
     """
+
+    @property
+    def state_key(self) -> str:
+        """Where Lightning keeps this callback's state in a checkpoint (read by ``early_stopped_step``)."""
+        return SELECTION_STATE_KEY
 
     def __init__(
         self,
@@ -247,24 +252,6 @@ def early_stopping_facts(selection: RetrievalSelection) -> dict[str, Any]:
     return facts
 
 
-def early_stopped_step(checkpoint: dict[str, Any]) -> int | None:
-    """The step a run stopped early at, as its checkpoint (of the stopping step) records it; None if it did not."""
-    state = (checkpoint.get("callbacks") or {}).get(RetrievalSelection.__qualname__)
-    early_stop = state.get("early_stop") if isinstance(state, dict) else None
-    stopped_at = early_stop.get("stopped_at") if isinstance(early_stop, dict) else None
-    return stopped_at if isinstance(stopped_at, int) and not isinstance(stopped_at, bool) else None
-
-
-def early_stopping_markdown(facts: dict | None) -> str:
-    """The report's line on early stopping ("" when the run has no such record or the rule is off)."""
-    if not facts or not facts.get("patience"):
-        return ""
-    if facts.get("early_stopped"):
-        return (f"Early stopping: **stopped at step {facts['stopped_at_step']}**: {facts['reason']}. "
-                f"Rule: {facts['rule']}.\n")  # fmt: skip
-    return f"Early stopping: did not stop early ({facts['rule']}).\n"
-
-
 def selected_model(module: L.LightningModule, selection: RetrievalSelection, last_step: int) -> dict:
     """Load the selected weights into ``module.model`` (best, or last as fallback); returns what was chosen and why.
 
@@ -294,28 +281,3 @@ def selected_model(module: L.LightningModule, selection: RetrievalSelection, las
         "reason": reason,
         **info,
     }
-
-
-def selection_markdown(selection: dict | None) -> str:
-    """The report's model-selection section: which step was evaluated and why, and the validation history."""
-    if not selection:
-        return ""
-    lines = ["## Model selection", "", f"Evaluated model: **{selection['selected']}** (step {selection['step']}). "
-             f"{selection['reason']}."]  # fmt: skip
-    if selection.get("criteria"):
-        lines += ["", f"Rule: {selection['criteria']}."]
-    history = selection.get("history") or []
-    if history:
-        lines += [
-            "",
-            "| step | shared X→Y top-1 % | shared Y→X top-1 % | exclusive hits X→Y / Y→X | score | qualifies |",
-            "|---:|---:|---:|---:|---:|:---:|",
-        ]
-        for record in history:
-            top1, hits = record["top1"], record["exclusive_hits"]
-            lines.append(
-                f"| {record['step']} | {top1['shared_x_to_y']:.2f} | {top1['shared_y_to_x']:.2f} | "
-                f"{hits['exclusive_x_to_y']} / {hits['exclusive_y_to_x']} | {record['score']:.2f} | "
-                f"{'yes' if record['qualifies'] else 'no'} |"
-            )
-    return "\n".join(lines) + "\n"

@@ -23,9 +23,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import r2_score
 
 from iiae.data import PairedImages
 from iiae.evaluation.retrieval import PairCodes
@@ -72,6 +69,9 @@ def fit_logistic(
         return weight.float(), bias.float()
     count = len(labels_np)
     c = 1.0 / (count * l2) if len(present) == 2 else 1.0 / (2.0 * count * l2)
+    from sklearn.exceptions import ConvergenceWarning  # scikit-learn (1.5 s to import) only where a probe is fit
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c, max_iter=LOGISTIC_MAX_ITERATIONS, tol=LOGISTIC_TOLERANCE)
     with warnings.catch_warnings():  # a probe stopped at the iteration cap is still a probe (as the torch one was)
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -98,6 +98,8 @@ def ridge_solutions(features: torch.Tensor, targets: torch.Tensor, alphas: tuple
     """Ridge weights [D, T] (float64) for centred features [N, D] and centred targets [N, T], one per alpha:
     argmin |T − XW|² + α|W|², by scikit-learn's :class:`~sklearn.linear_model.Ridge` without intercept (it solves
     the N×N dual system when D > N, so an 8,192-d code costs no more than the number of pairs allows)."""
+    from sklearn.linear_model import Ridge
+
     features_np, targets_np = features.double().numpy(), targets.double().numpy()
     solutions = []
     for alpha in alphas:
@@ -109,6 +111,8 @@ def ridge_solutions(features: torch.Tensor, targets: torch.Tensor, alphas: tuple
 def r_squared(predicted: torch.Tensor, targets: torch.Tensor) -> float:
     """1 − SSE / SST over all outputs pooled, SST around the targets' own mean (scikit-learn's ``r2_score`` with
     ``multioutput="variance_weighted"``); NaN for constant targets."""
+    from sklearn.metrics import r2_score
+
     targets_np, predicted_np = targets.double().numpy(), predicted.double().numpy()
     if not np.any(targets_np != targets_np[:1]):
         return float("nan")

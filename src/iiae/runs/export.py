@@ -6,7 +6,7 @@ from pathlib import Path
 
 from iiae.atomic import atomic_folder
 from iiae.core.config import load_saved_config
-from iiae.engine.checkpointing import newest_checkpoint
+from iiae.engine.checkpoint_files import newest_checkpoint
 from iiae.errors import CheckpointError
 from iiae.run_files import BEST_CHECKPOINT, CHECKPOINTS, CONFIG
 from iiae.runs.run_folder import check_output_dir

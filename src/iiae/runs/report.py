@@ -8,7 +8,6 @@ import yaml
 
 from iiae.atomic import atomic_write_text
 from iiae.core.config import ExperimentConfig
-from iiae.engine.selection import early_stopping_markdown, selection_markdown
 from iiae.evaluation.measures import measures_markdown
 from iiae.evaluation.retrieval import format_retrieval_table
 from iiae.evaluation.shift_suite import shift_suite_markdown
@@ -18,6 +17,41 @@ from iiae.run_files import REPORT
 PAPER_KEYS = {"shared_x_to_y": "iiae_x_to_y", "shared_y_to_x": "iiae_y_to_x"}
 # Methods of the paper's tables, in column order; a config's ``<method>_x_to_y`` keys add a column each.
 PAPER_METHODS = {"iiae": "IIAE", "cddn": "CdDN", "drit": "DRIT"}
+
+
+def early_stopping_markdown(facts: dict | None) -> str:
+    """The report's line on early stopping ("" when the run has no such record or the rule is off)."""
+    if not facts or not facts.get("patience"):
+        return ""
+    if facts.get("early_stopped"):
+        return (f"Early stopping: **stopped at step {facts['stopped_at_step']}**: {facts['reason']}. "
+                f"Rule: {facts['rule']}.\n")  # fmt: skip
+    return f"Early stopping: did not stop early ({facts['rule']}).\n"
+
+
+def selection_markdown(selection: dict | None) -> str:
+    """The report's model-selection section: which step was evaluated and why, and the validation history."""
+    if not selection:
+        return ""
+    evaluated = f"Evaluated model: **{selection['selected']}** (step {selection['step']}). {selection['reason']}."
+    lines = ["## Model selection", "", evaluated]
+    if selection.get("criteria"):
+        lines += ["", f"Rule: {selection['criteria']}."]
+    history = selection.get("history") or []
+    if history:
+        lines += [
+            "",
+            "| step | shared X→Y top-1 % | shared Y→X top-1 % | exclusive hits X→Y / Y→X | score | qualifies |",
+            "|---:|---:|---:|---:|---:|:---:|",
+        ]
+        for record in history:
+            top1, hits = record["top1"], record["exclusive_hits"]
+            lines.append(
+                f"| {record['step']} | {top1['shared_x_to_y']:.2f} | {top1['shared_y_to_x']:.2f} | "
+                f"{hits['exclusive_x_to_y']} / {hits['exclusive_y_to_x']} | {record['score']:.2f} | "
+                f"{'yes' if record['qualifies'] else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def paper_methods(paper: dict) -> list[str]:

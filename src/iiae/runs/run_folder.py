@@ -27,8 +27,7 @@ from filelock import FileLock, Timeout
 from iiae.atomic import save_traceback
 from iiae.core.config import ExperimentConfig, load_config
 from iiae.core.model import training_memory
-from iiae.engine.checkpointing import checkpoint_files, newest_checkpoint
-from iiae.engine.selection import early_stopped_step
+from iiae.engine.checkpoint_files import checkpoint_files, early_stopped_step, newest_checkpoint
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
 from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, METRICS
 

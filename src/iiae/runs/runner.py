@@ -38,7 +38,8 @@ from iiae.core.config import ExperimentConfig, save_config
 from iiae.core.model import IIAE
 from iiae.data.datasets import build_splits
 from iiae.data.splits import PairedSplits
-from iiae.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint, load_checkpoint
+from iiae.engine.checkpoint_files import load_checkpoint
+from iiae.engine.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from iiae.engine.distributed import (
     GlobalBatchNormSync,
     check_accelerator,

@@ -27,7 +27,7 @@ from iiae.core.config import (
     saved_config_from_dict,
 )
 from iiae.core.model import CONFIG_FILE, IIAE
-from iiae.engine.checkpointing import (
+from iiae.engine.checkpoint_files import (
     check_checkpoint_matches,
     load_checkpoint,
     model_state,
