@@ -56,6 +56,12 @@ def misses(model: IIAE, pairs: PairedImages) -> tuple[torch.Tensor, torch.Tensor
     return partner_ranks(codes.shared_x, codes.shared_y) > 0, partner_ranks(codes.shared_y, codes.shared_x) > 0
 
 
+def contrasts(pairs: PairedImages) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, the contrast of the white CB digit with its background (the darkest background channel's
+    distance from white) and of the CD digit with black (its brightest channel)."""
+    return (1.0 - pairs.background_colour_x.min(1).values).numpy(), pairs.digit_colour_y.max(1).values.numpy()
+
+
 def colours(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
     generator = trained.run_config.data.generator
     size = trained.model.config.image_size
@@ -67,8 +73,7 @@ def colours(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed:
         print(f"  {name:<16} top-1 X->Y {100 - x_to_y.double().mean() * 100:.1f} %, "
               f"Y->X {100 - y_to_x.double().mean() * 100:.1f} %")
     missed = (x_to_y | y_to_x).numpy()  # the unguarded set's
-    contrast_x = (1.0 - unguarded.background_colour_x.min(1).values).numpy()
-    contrast_y = unguarded.digit_colour_y.max(1).values.numpy()
+    contrast_x, contrast_y = contrasts(unguarded)
     for low, high in itertools.pairwise(CONTRAST_BINS):
         cells = []
         for domain, contrast in (("CB", contrast_x), ("CD", contrast_y)):
@@ -124,8 +129,7 @@ def clean(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: i
         pairs.intensity_y = pairs.intensity
     codes = encode_pairs(trained.model, pairs.x, pairs.y)
     ink, correlation = least_ink(pairs), mask_correlation(pairs)
-    contrast = np.minimum((1.0 - pairs.background_colour_x.min(1).values).numpy(),
-                          pairs.digit_colour_y.max(1).values.numpy())  # fmt: skip
+    contrast = np.minimum(*contrasts(pairs))
     label = np.asarray(labels)
     any_missed = np.zeros(len(label), dtype=bool)
     for direction, queries, candidates in (("X->Y", codes.shared_x, codes.shared_y),
@@ -153,8 +157,7 @@ def every(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: i
     if plain.intensity_y is None:
         plain.intensity_y = plain.intensity
     ink = least_ink(plain)
-    contrast = np.minimum((1.0 - plain.background_colour_x.min(1).values).numpy(),
-                          plain.digit_colour_y.max(1).values.numpy())  # fmt: skip
+    contrast = np.minimum(*contrasts(plain))
     thin, faint = ink <= np.quantile(ink, 0.25), contrast <= np.quantile(contrast, 0.25)
     label = np.asarray(labels)
     with tempfile.TemporaryDirectory() as workdir:
