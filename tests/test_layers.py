@@ -136,19 +136,42 @@ def test_no_package_imports_inside_functions_outside_the_cli() -> None:
     assert not hidden, "\n".join(hidden)
 
 
+def _lightning_imports(path: Path) -> list[int]:
+    """Lines of ``path`` that import Lightning."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+        if any(m == "lightning" or m.startswith(("lightning.", "pytorch_lightning")) for m in modules):
+            lines.append(node.lineno)
+    return lines
+
+
 @pytest.mark.parametrize("layer", ["core", "data", "evaluation"])
 def test_lower_layers_do_not_import_lightning(layer: str) -> None:
     """The model, the data and the measures work without the training engine (Lightning)."""
     for name, path in MODULES.items():
-        if _layer(name) != layer:
+        if _layer(name) == layer:
+            assert not _lightning_imports(path), f"{path}:{_lightning_imports(path)} imports Lightning ({layer})"
+
+
+# Modules behind the commands that read a trained run (evaluate, translate, retrieve, export, zs-sbir retrieve)
+READERS = ("iiae.runs.trained", "iiae.runs.export", "iiae.runs.own_images", "iiae.zsbir.retrieve",
+           "iiae.engine.checkpoint_files")  # fmt: skip
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_reading_a_run_never_reaches_lightning(reader: str) -> None:
+    """Nothing a reading command imports, directly or through other modules, imports Lightning (4 s a command)."""
+    reached, todo = set(), [reader]
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in MODULES:
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
-            assert not any(m == "lightning" or m.startswith(("lightning.", "pytorch_lightning")) for m in modules), (
-                f"{path}:{node.lineno} imports Lightning from the {layer} layer"
-            )
+        reached.add(name)
+        todo += [target for target, _, _ in GRAPH[name]]
+    offenders = {name: _lightning_imports(MODULES[name]) for name in sorted(reached)}
+    assert not {name: lines for name, lines in offenders.items() if lines}, f"{reader} reaches Lightning"
 
 
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from iiae import IIAE
 from iiae.core.config import LossConfig
 from iiae.core.objective import iiae_loss
 from iiae.errors import CheckpointError
+from iiae.zsbir.baseline import load_model
 from iiae.zsbir.config import MLPModelConfig, load_zs_config
-from iiae.zsbir.train import load_model
 
 DATA = Path(__file__).parent / "data"
 

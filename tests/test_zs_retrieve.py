@@ -17,8 +17,8 @@ from tiny_runs import expect_error
 
 from iiae.cli.main import main
 from iiae.evaluation.figures import retrieval_panel_size
+from iiae.zsbir.baseline import load_model
 from iiae.zsbir.feature_extractor import FeatureExtractor
-from iiae.zsbir.train import load_model
 
 RESULT = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d{4})\s+(\S.*)$")
 

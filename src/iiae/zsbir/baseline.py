@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from iiae.atomic import atomic_folder, atomic_write_json
+from iiae.core.model import IIAE
 from iiae.errors import CheckpointError
 from iiae.zsbir.config import ZSConfig
 from iiae.zsbir.features import ZeroShotSplit
@@ -102,3 +103,9 @@ def load_supervised(folder: str | Path) -> SupervisedEmbedding:
     except (SafetensorError, OSError, RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} does not fit the model config: {str(error).splitlines()[0]}") from None
     return model.eval()
+
+
+def load_model(folder: Path) -> nn.Module:
+    """An IIAE (also one saved before it was the ``mlp`` architecture of :class:`iiae.IIAE`) or the supervised
+    embedding, from a run's model folder."""
+    return load_supervised(folder) if is_supervised_model(folder) else IIAE.from_pretrained(folder)

@@ -57,8 +57,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from iiae.zsbir.baseline import load_model
     from iiae.zsbir.config import load_zs_config
-    from iiae.zsbir.train import build_split, evaluate_model, load_model
+    from iiae.zsbir.train import build_split, evaluate_model
 
     run = Path(args.run)
     if not (run / "config.yaml").is_file() or not (run / "model").is_dir():

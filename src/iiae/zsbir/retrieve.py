@@ -36,12 +36,12 @@ from iiae.errors import CheckpointError, ConfigError
 from iiae.evaluation.figures import check_panel_path, save_retrieval_panel
 from iiae.evaluation.retrieval import FileRetrieval, Match
 from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
+from iiae.zsbir.baseline import load_model
 from iiae.zsbir.config import ZSConfig, load_zs_config
 from iiae.zsbir.feature_extractor import CONFIG_FILE, WEIGHTS_FILE, FeatureExtractor
 from iiae.zsbir.feature_net import default_cache_dir, torch_device
 from iiae.zsbir.image_pipeline import Domain
 from iiae.zsbir.metrics import top_k_indices
-from iiae.zsbir.train import load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OTHER_DOMAIN: dict[str, Domain] = {"sketch": "photo", "photo": "sketch"}

@@ -37,8 +37,6 @@ from iiae.runs.metrics import SupervisedFacts, TrainingFacts
 from iiae.runs.run_folder import RunLock, check_output_dir, resumable_checkpoint
 from iiae.runs.runner import Job, execute
 from iiae.zsbir.baseline import (
-    is_supervised_model,
-    load_supervised,
     save_supervised,
     train_supervised,
 )
@@ -162,12 +160,6 @@ def evaluate_codes(sketch_codes: np.ndarray, photo_codes: np.ndarray, split: Zer
     """mAP@all, P@K and mAP@K of the unseen-class test codes."""
     return retrieval_metrics(sketch_codes, split.test_sketch.classes, photo_codes, split.test_image.classes,
                              ks=config.evaluation.ks)
-
-
-def load_model(folder: Path) -> nn.Module:
-    """An IIAE (also one saved before it was the ``mlp`` architecture of :class:`iiae.IIAE`) or the supervised
-    embedding, from a run's model folder."""
-    return load_supervised(folder) if is_supervised_model(folder) else IIAE.from_pretrained(folder)
 
 
 def run_zs_sbir(config: ZSConfig, out_dir: str | Path, progress: bool = False, log=print,  # noqa: ANN001
