@@ -50,7 +50,9 @@ from iiae.cli.main import make_parser
 from iiae.cli.options import build_config
 from iiae.core.config import save_config
 from iiae.data import write_idx
+from iiae.engine.checkpoint_files import check_checkpoint_matches
 from iiae.engine.training import IIAELightning
+from iiae.errors import CheckpointError
 
 TINY = ModelConfig(image_size=16, encoder_widths=[8], exclusive_widths=[8, 8], decoder_widths=[8], shared_channels=4)
 
@@ -226,6 +228,21 @@ def test_resume_errors(tmp_path, capsys, data, monkeypatch):
     expect_error(capsys, ["export", str(empty), "--out", str(tmp_path / "e")], "holds no checkpoint")  # elsewhere)
     expect_error(capsys, ["train", "--resume", str(run), "--seeds", "1,2"], "cannot be combined with --seeds")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]  # nothing written
+
+
+def test_the_expected_checkpoint_state_is_the_lightning_modules(data):
+    """Checkpoints are checked against the IIAE's own state under "model." (iiae.engine.checkpoint_files needs no
+    Lightning): that must be exactly the LightningModule's state, name, shape and dtype."""
+    config = _config(data, "--set", "model.shared_channels=8")
+    module_state = IIAELightning(config.to_dict()).state_dict()
+    model_state = {f"model.{name}": tensor for name, tensor in IIAE(config.model).state_dict().items()}
+    assert list(module_state) == list(model_state)
+    assert all(module_state[k].shape == model_state[k].shape and module_state[k].dtype == model_state[k].dtype
+               for k in module_state)  # fmt: skip
+    check_checkpoint_matches({"state_dict": module_state}, config, Path("last.ckpt"))  # accepted
+    with pytest.raises(CheckpointError, match="last.ckpt"):
+        check_checkpoint_matches({"state_dict": IIAELightning(_config(data).to_dict()).state_dict()}, config,
+                                 Path("last.ckpt"))  # fmt: skip
 
 
 class WritesAMarker:
