@@ -50,10 +50,32 @@ CONTRAST_BINS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.01)
 INK_THRESHOLDS = (0.005, 0.01, 0.015, 0.02)
 
 
+def ranks_and_nearest(model: IIAE, pairs: PairedImages) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per direction of shared retrieval (X->Y, then Y->X): every query's partner rank (0: found first), and for
+    the missed queries (rank > 0, in order) the index of the candidate retrieved first instead."""
+    codes = encode_pairs(model, pairs.x, pairs.y)
+    directions = []
+    for queries, candidates in ((codes.shared_x, codes.shared_y), (codes.shared_y, codes.shared_x)):
+        ranks = partner_ranks(queries, candidates).numpy()
+        nearest = torch.cdist(queries[ranks > 0].double(), candidates.double()).argmin(1).numpy()
+        directions.append((ranks, nearest))
+    return directions
+
+
 def misses(model: IIAE, pairs: PairedImages) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pair, whether shared retrieval misses its partner X->Y and Y->X."""
-    codes = encode_pairs(model, pairs.x, pairs.y)
-    return partner_ranks(codes.shared_x, codes.shared_y) > 0, partner_ranks(codes.shared_y, codes.shared_x) > 0
+    (ranks_x_to_y, _), (ranks_y_to_x, _) = ranks_and_nearest(model, pairs)
+    return torch.from_numpy(ranks_x_to_y > 0), torch.from_numpy(ranks_y_to_x > 0)
+
+
+def clean_pairs(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> PairedImages:
+    """The clean set as the run's generator draws it, with both domains' digit masks (the classic generator's
+    one mask stands for both)."""
+    pairs = make_cdcb(images, labels, size=trained.model.config.image_size, seed=seed, keep_intensity=True,
+                      generator=trained.run_config.data.generator)  # fmt: skip
+    if pairs.intensity_y is None:
+        pairs.intensity_y = pairs.intensity
+    return pairs
 
 
 def contrasts(pairs: PairedImages) -> tuple[np.ndarray, np.ndarray]:
@@ -122,22 +144,14 @@ def print_by_quartile(name: str, values: np.ndarray, missed: np.ndarray) -> None
 
 
 def clean(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
-    generator = trained.run_config.data.generator
-    pairs = make_cdcb(images, labels, size=trained.model.config.image_size, seed=seed, keep_intensity=True,
-                      generator=generator)  # fmt: skip
-    if pairs.intensity_y is None:  # the classic generator: one mask for both domains
-        pairs.intensity_y = pairs.intensity
-    codes = encode_pairs(trained.model, pairs.x, pairs.y)
+    pairs = clean_pairs(trained, images, labels, seed)
     ink, correlation = least_ink(pairs), mask_correlation(pairs)
     contrast = np.minimum(*contrasts(pairs))
     label = np.asarray(labels)
     any_missed = np.zeros(len(label), dtype=bool)
-    for direction, queries, candidates in (("X->Y", codes.shared_x, codes.shared_y),
-                                           ("Y->X", codes.shared_y, codes.shared_x)):  # fmt: skip
-        ranks = partner_ranks(queries, candidates).numpy()
+    for direction, (ranks, retrieved) in zip(("X->Y", "Y->X"), ranks_and_nearest(trained.model, pairs)):
         missed = ranks > 0
         any_missed |= missed
-        retrieved = torch.cdist(queries[missed].double(), candidates.double()).argmin(1).numpy()
         same_digit = int((label[retrieved] == label[missed]).sum())
         print(f"  {direction}: {int(missed.sum())} of {len(label)} missed; the pair retrieved instead shows the same "
               f"digit for {same_digit}")
@@ -153,9 +167,7 @@ def clean(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: i
 
 def every(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
     generator, size = trained.run_config.data.generator, trained.model.config.image_size
-    plain = make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator=generator)
-    if plain.intensity_y is None:
-        plain.intensity_y = plain.intensity
+    plain = clean_pairs(trained, images, labels, seed)
     ink = least_ink(plain)
     contrast = np.minimum(*contrasts(plain))
     thin, faint = ink <= np.quantile(ink, 0.25), contrast <= np.quantile(contrast, 0.25)
@@ -167,16 +179,14 @@ def every(trained: TrainedModel, images: np.ndarray, labels: np.ndarray, seed: i
     print("  set: missed pairs (either direction); of them: missed clean too, same digit retrieved, "
           "lowest-quarter ink, lowest-quarter contrast")
     for name, pairs in sets.items():
-        codes = encode_pairs(trained.model, pairs.x, pairs.y)
         missed, same_digit = np.zeros(len(label), dtype=bool), np.zeros(len(label), dtype=bool)
-        for queries, candidates in ((codes.shared_x, codes.shared_y), (codes.shared_y, codes.shared_x)):
-            wrong = (partner_ranks(queries, candidates) > 0).numpy()
-            retrieved = torch.cdist(queries[wrong].double(), candidates.double()).argmin(1).numpy()
+        for ranks, retrieved in ranks_and_nearest(trained.model, pairs):
+            wrong = ranks > 0
             same_digit[np.flatnonzero(wrong)[label[retrieved] == label[wrong]]] = True
             missed |= wrong
         clean_missed = missed if clean_missed is None else clean_missed
-        print(f"  {name:<16} {int(missed.sum()):3d}; {int((missed & clean_missed).sum()):3d}, "
-              f"{int((missed & same_digit).sum()):3d}, {int((missed & thin).sum()):3d}, {int((missed & faint).sum()):3d}")
+        counts = [int((missed & among).sum()) for among in (clean_missed, same_digit, thin, faint)]
+        print(f"  {name:<16} {int(missed.sum()):3d}; " + ", ".join(f"{count:3d}" for count in counts))
 
 
 def main() -> None:

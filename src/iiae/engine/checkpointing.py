@@ -51,7 +51,7 @@ from iiae.run_files import (
 LOG = logging.getLogger("iiae.engine")
 
 
-# ------------------------------------------------------------------------------------------ writing, reading
+# ------------------------------------------------------------------------------------- the I/O plugin
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, with atomic writes, ``weights_only`` reads and optional deferred writes.
 
