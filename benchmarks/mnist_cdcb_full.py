@@ -6,7 +6,7 @@
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --set data.augment=true  # any config key
     IIAE_SHARED_DATA=../shared/data python benchmarks/mnist_cdcb_full.py --json full.json
 
-The config is ``mnist_cdcb_full`` (the 32x32 model; 1,200 of the 60,000 training pairs held out for model
+The config is ``mnist_cdcb_full`` (the 32x32 model; 10,000 of the 60,000 training pairs held out for model
 selection; the 10,000 test pairs untouched until the end) and the run is the main job's
 (:func:`iiae.runs.runner.train_and_evaluate`, a complete run folder). Recorded: top-1 shared retrieval both ways and
 the exclusive hits on the 10,000 test pairs (the paper's protocol: posterior means, squared L2, the partner must

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_runs import ONE_THREAD
 
@@ -46,6 +47,20 @@ def test_time_to_accuracy_curve() -> None:
     curve = time_to_accuracy_curve({"history": history}, training_seconds=60.0, steps=300)
     assert [point["seconds"] for point in curve] == [20.0, 40.0, 60.0]
     assert first_time_at(curve, 99.0) == 60.0 and first_time_at(curve, 99.9) is None
+
+
+def test_validation_resolution_scores_a_subset_among_itself() -> None:
+    """Pair 1's X code lies nearest pair 2's Y code: a miss X->Y among all three pairs, none among pairs 0 and 1,
+    and Y->X finds every partner (misses per 1,000 queries)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from validation_resolution import misses_per_1000
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    shared_y = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 3.0]])
+    shared_x = np.array([[0.0, 0.1], [10.0, 1.9], [10.0, 3.5]])
+    assert misses_per_1000(shared_x, shared_y, np.array([0, 1, 2])) == pytest.approx((1000 / 3, 0.0))
+    assert misses_per_1000(shared_x, shared_y, np.array([0, 1])) == (0.0, 0.0)
 
 
 @pytest.mark.slow
