@@ -30,16 +30,12 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from shared_data import default_root
 
 from iiae.core.config import apply_overrides, config_from_dict, resolve_config
 from iiae.errors import ConfigError
 from iiae.runs.run_folder import default_run_dir
 from iiae.runs.runner import train_and_evaluate
-
-
-def default_data_root() -> str:
-    """``$IIAE_SHARED_DATA/mnist``, else ``../shared/data/mnist`` (the project's shared folder)."""
-    return str(Path(os.environ.get("IIAE_SHARED_DATA", "../shared/data")) / "mnist")
 
 
 def time_to_accuracy_curve(selection: dict, training_seconds: float, steps: int) -> list[dict]:
@@ -66,7 +62,7 @@ def first_time_at(curve: list[dict], threshold: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=default_data_root(), help="folder of the 4 MNIST IDX files")
+    parser.add_argument("--data-root", default=default_root("mnist"), help="folder of the 4 MNIST IDX files")
     parser.add_argument("--steps", type=int, help="optimiser steps [the config's 20,000]")
     parser.add_argument("--select-every", type=int, help="steps between validation retrievals [the config's]")
     parser.add_argument("--early-stop-patience", type=int, help="evaluations without improvement; 0: off [5]")

@@ -15,3 +15,9 @@ def data_folder(given: str | None, name: str) -> Path | None:
     else:
         return None
     return root if root.is_dir() else None
+
+
+def default_root(name: str) -> str:
+    """``$IIAE_SHARED_DATA/<name>``, else ``../shared/data/<name>`` (the project's shared folder): a ``--data-root``
+    default for benchmarks that cannot run without the data."""
+    return str(Path(os.environ.get("IIAE_SHARED_DATA", "../shared/data")) / name)

@@ -15,10 +15,10 @@ difference between the first run and each other run. The test pairs are never re
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import numpy as np
+import torch
+from shared_data import default_root
 
 from iiae.core.config import apply_overrides, config_from_dict
 from iiae.data.datasets import build_splits
@@ -26,12 +26,7 @@ from iiae.evaluation.retrieval import encode_pairs, partner_ranks
 from iiae.runs.trained import load_trained
 
 
-def default_data_root() -> str:
-    """``$IIAE_SHARED_DATA/mnist``, else ``../shared/data/mnist`` (the project's shared folder)."""
-    return str(Path(os.environ.get("IIAE_SHARED_DATA", "../shared/data")) / "mnist")
-
-
-def validation_codes(run: str, data_root: str) -> tuple[np.ndarray, np.ndarray]:
+def validation_codes(run: str, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The shared codes (r^x, r^y posterior means) of ``run``'s validation pairs, rebuilt from its config.yaml with
     ``data.root`` set to ``data_root`` where the run read a folder."""
     trained = load_trained(run)
@@ -43,21 +38,19 @@ def validation_codes(run: str, data_root: str) -> tuple[np.ndarray, np.ndarray]:
     if splits.validation is None:
         raise SystemExit(f"{run}: the run holds out no validation pairs (data.validation_fraction 0)")
     codes = encode_pairs(trained.model, splits.validation.x, splits.validation.y)
-    return codes.shared_x.double().numpy(), codes.shared_y.double().numpy()
+    return codes.shared_x.double(), codes.shared_y.double()
 
 
-def misses_per_1000(shared_x: np.ndarray, shared_y: np.ndarray, subset: np.ndarray) -> tuple[float, float]:
+def misses_per_1000(shared_x: torch.Tensor, shared_y: torch.Tensor, subset: np.ndarray) -> tuple[float, float]:
     """Shared X->Y and Y->X misses per 1,000 queries when ``subset``'s pairs are scored among themselves."""
-    import torch
-
-    x, y = torch.from_numpy(shared_x[subset]), torch.from_numpy(shared_y[subset])
+    x, y = shared_x[subset], shared_y[subset]
     return tuple(float((partner_ranks(q, c) > 0).double().mean()) * 1000 for q, c in ((x, y), (y, x)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders (config.yaml + model/)")
-    parser.add_argument("--data-root", default=default_data_root(), help="the IDX folder of runs with source idx")
+    parser.add_argument("--data-root", default=default_root("mnist"), help="the IDX folder of runs with source idx")
     parser.add_argument("--sizes", type=int, nargs="+", help="candidate-set sizes [150 300 600 ... all]")
     parser.add_argument("--draws", type=int, default=20, help="random subsets per size [20]")
     parser.add_argument("--seed", type=int, default=0)
@@ -78,10 +71,10 @@ def main() -> None:
         subsets = [generator.choice(count, size, replace=False) for _ in range(draws)]
         scores = np.array([[misses_per_1000(*run_codes, subset) for subset in subsets] for run_codes in codes])
         means = [f"{x_to_y:.1f} / {y_to_x:.1f}" for x_to_y, y_to_x in scores.mean(1)]
+        differences = scores[1:] - scores[0]  # [other runs, draws, direction]
         gaps = [
-            f"{(scores[i] - scores[0]).mean(0)[0]:+.1f} ({(scores[i] - scores[0]).std(0)[0]:.1f}) / "
-            f"{(scores[i] - scores[0]).mean(0)[1]:+.1f} ({(scores[i] - scores[0]).std(0)[1]:.1f})"
-            for i in range(1, len(codes))
+            " / ".join(f"{mean:+.1f} ({sd:.1f})" for mean, sd in zip(difference.mean(0), difference.std(0)))
+            for difference in differences
         ]
         print(f"| {size} | " + " | ".join(means + gaps) + " |")
 

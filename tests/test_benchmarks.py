@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_runs import ONE_THREAD
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -57,8 +58,8 @@ def test_validation_resolution_scores_a_subset_among_itself() -> None:
         from validation_resolution import misses_per_1000
     finally:
         sys.path.remove(str(BENCHMARKS))
-    shared_y = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 3.0]])
-    shared_x = np.array([[0.0, 0.1], [10.0, 1.9], [10.0, 3.5]])
+    shared_y = torch.tensor([[0.0, 0.0], [10.0, 0.0], [10.0, 3.0]], dtype=torch.float64)
+    shared_x = torch.tensor([[0.0, 0.1], [10.0, 1.9], [10.0, 3.5]], dtype=torch.float64)
     assert misses_per_1000(shared_x, shared_y, np.array([0, 1, 2])) == pytest.approx((1000 / 3, 0.0))
     assert misses_per_1000(shared_x, shared_y, np.array([0, 1])) == (0.0, 0.0)
 
