@@ -67,10 +67,19 @@ def test_validation_resolution_scores_a_subset_among_itself() -> None:
 @pytest.mark.slow
 def test_cdcb_generator_benchmark_times_both_generators(tmp_path: Path) -> None:
     out = tmp_path / "generators.json"
-    run = subprocess.run([sys.executable, str(BENCHMARKS / "cdcb_generator.py"), "--count", "300", "--json", str(out)],
-                         capture_output=True, text=True, env=ONE_THREAD, timeout=300)  # fmt: skip
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "cdcb_generator.py"), "--count", "300", "--oracle-pairs",
+                          "500", "--json", str(out)], capture_output=True, text=True, env=ONE_THREAD, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads(out.read_text())
     assert results["count"] == 300 and results["seconds_classic"] > 0 and results["seconds_published_like"] > 0
     published, classic = results["statistics_published_like"], results["statistics_classic"]
     assert classic["mask_correlation_x_y"] == pytest.approx(1.0) and published["mask_correlation_x_y"] < 0.98
+    # The mask oracle: the classic generator's one mask finds every partner; the published-like per-domain strokes
+    # make some pairs' masks closer to another pair's (most of them 1s), and blurring recovers part of them.
+    oracle_classic, oracle_published = results["mask_oracle_classic"], results["mask_oracle_published_like"]
+    assert oracle_classic["pairs"] == oracle_published["pairs"] == 500
+    assert all(oracle_classic[blur]["x_to_y"] == oracle_classic[blur]["y_to_x"] == 100.0
+               for blur in ("blur_0", "blur_0.7", "blur_1", "blur_1.5", "blur_2"))  # fmt: skip
+    raw, blurred = oracle_published["blur_0"], oracle_published["blur_1"]
+    assert min(raw["x_to_y"], raw["y_to_x"]) < 100.0 and sum(raw["missed_digits"]) > 0
+    assert blurred["x_to_y"] + blurred["y_to_x"] >= raw["x_to_y"] + raw["y_to_x"]
