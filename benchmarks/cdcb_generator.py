@@ -5,12 +5,13 @@
 
 Times ``make_cdcb`` of both generators at ``--size`` (32) on one torch thread, then prints
 :func:`iiae.data.cdcb_statistics.cdcb_statistics` of each on the embedded digits (4,000 training digits, 28 px),
-and the *mask oracle* of each on the test digits (full MNIST's 10,000 with ``--data-root``, else the embedded
-1,000), drawn as a run draws its test pairs: top-1 retrieval X->Y and Y->X of the partner by the colour-free digit
-masks themselves (Pearson correlation; raw, and Gaussian-blurred with each of ``ORACLE_BLURS`` px, all printed,
-none chosen). It says how far the pairs can be told apart without learning anything: the classic generator's
-identical masks give 100 %, the published-like generator's per-domain strokes less, which puts a learned shared
-code's top-1 on the same test pairs in context.
+and the *mask oracle* on the test digits (full MNIST's 10,000 with ``--data-root``, else the embedded 1,000):
+each generator's clean test pairs, drawn as a run draws them, and the shift suite's stroke sets (thinner, thicker,
+swapped). The oracle retrieves each partner X->Y and Y->X by the colour-free digit masks themselves (Pearson
+correlation; raw, and Gaussian-blurred with each of ``ORACLE_BLURS`` px, all printed, none chosen). It says how far
+the pairs can be told apart without learning anything: the classic generator's identical masks give 100 %, the
+published-like generator's per-domain strokes less, which puts a learned shared code's top-1 on the same test
+pairs in context.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ from shared_data import data_folder
 
 from iiae.core.config import DataConfig
 from iiae.data import load_digits, make_cdcb
-from iiae.data.cdcb import GENERATORS
+from iiae.data.cdcb import GENERATORS, PairedImages
 from iiae.data.cdcb_statistics import cdcb_statistics
+from iiae.data.shifts import STROKE_SHIFT, stroke_shift
 from iiae.data.splits import cdcb_seeds
 from iiae.evaluation.retrieval import partner_ranks
 
 ORACLE_BLURS = (0.0, 0.7, 1.0, 1.5, 2.0)  # Gaussian sigma in pixels; 0: the masks as drawn
+STROKE_SETS = {  # the shift suite's stroke sets (iiae.data.shifts.shifted_test_sets): stroke-level change of X, Y
+    "strokes_thinner": (STROKE_SHIFT, STROKE_SHIFT),
+    "strokes_thicker": (-STROKE_SHIFT, -STROKE_SHIFT),
+    "strokes_swapped": (-STROKE_SHIFT, STROKE_SHIFT),
+}
 
 
 def digits_to_time(root: Path | None, count: int) -> tuple[np.ndarray, str]:
@@ -69,12 +76,12 @@ def standardised(masks: torch.Tensor) -> torch.Tensor:
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def mask_oracle(images: np.ndarray, labels: np.ndarray, seed: int, size: int, generator: str) -> dict:
+def mask_oracle(pairs: PairedImages) -> dict:
     """Top-1 % X->Y / Y->X of partner retrieval by digit-mask correlation, per blur, and the digits of the pairs
-    missed either way (count per class 0-9)."""
-    pairs = make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator=generator)
+    missed either way (count per class 0-9). ``pairs`` hold their masks (``keep_intensity``)."""
     mask_x = pairs.intensity
     mask_y = pairs.intensity if pairs.intensity_y is None else pairs.intensity_y  # classic: one mask for both
+    labels = pairs.labels.numpy()
     results = {}
     for sigma in ORACLE_BLURS:
         codes_x, codes_y = standardised(blurred(mask_x, sigma)), standardised(blurred(mask_y, sigma))
@@ -86,6 +93,17 @@ def mask_oracle(images: np.ndarray, labels: np.ndarray, seed: int, size: int, ge
             "missed_digits": np.bincount(labels[missed_x_to_y | missed_y_to_x], minlength=10).tolist(),
         }  # fmt: skip
     return results
+
+
+def oracle_sets(images: np.ndarray, labels: np.ndarray, seed: int, size: int) -> dict[str, PairedImages]:
+    """The clean test pairs of each generator, and the shift suite's stroke sets (published-like; the suite's
+    other sets change colours or compression, not the masks)."""
+    sets = {generator: make_cdcb(images, labels, size=size, seed=seed, keep_intensity=True, generator=generator)
+            for generator in GENERATORS}  # fmt: skip
+    for name, (change_x, change_y) in STROKE_SETS.items():
+        sets[name] = stroke_shift(images, labels, level_change_x=change_x, level_change_y=change_y, size=size,
+                                  seed=seed)  # fmt: skip
+    return sets
 
 
 def test_digits(root: Path | None) -> tuple[np.ndarray, np.ndarray, int, str]:
@@ -124,15 +142,12 @@ def main() -> None:
         results[f"statistics_{generator}"] = statistics
         print(f"{generator:>15}: " + ", ".join(f"{key} {value:.3f}" for key, value in statistics.items()))
     images, labels, seed, source = test_digits(data_folder(args.data_root, "mnist"))
-    for generator in GENERATORS:
-        oracle = mask_oracle(images[: args.oracle_pairs], labels[: args.oracle_pairs], seed, args.size, generator)
-        results[f"mask_oracle_{generator}"] = {"pairs": min(len(images), args.oracle_pairs), "digits": source,
-                                               **oracle}  # fmt: skip
+    for name, pairs in oracle_sets(images[: args.oracle_pairs], labels[: args.oracle_pairs], seed, args.size).items():
+        oracle = mask_oracle(pairs)
+        results[f"mask_oracle_{name}"] = {"pairs": len(pairs.labels), "digits": source, **oracle}
         for blur, row in oracle.items():
-            print(
-                f"{generator:>15} mask oracle, {blur}: top-1 X->Y {row['x_to_y']:.2f} %, Y->X {row['y_to_x']:.2f} "
-                f"%, missed pairs by digit {row['missed_digits']} ({source}, {args.size} px)"
-            )
+            print(f"{name:>15} mask oracle, {blur}: top-1 X->Y {row['x_to_y']:.2f} %, Y->X {row['y_to_x']:.2f} "
+                  f"%, missed pairs by digit {row['missed_digits']} ({source}, {args.size} px)")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

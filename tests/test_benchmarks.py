@@ -83,3 +83,4 @@ def test_cdcb_generator_benchmark_times_both_generators(tmp_path: Path) -> None:
     raw, blurred = oracle_published["blur_0"], oracle_published["blur_1"]
     assert min(raw["x_to_y"], raw["y_to_x"]) < 100.0 and sum(raw["missed_digits"]) > 0
     assert blurred["x_to_y"] + blurred["y_to_x"] >= raw["x_to_y"] + raw["y_to_x"]
+    assert {f"mask_oracle_strokes_{kind}" for kind in ("thinner", "thicker", "swapped")} <= results.keys()
