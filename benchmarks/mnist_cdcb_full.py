@@ -3,7 +3,7 @@
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist                 # stops early (patience 5)
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --early-stop-patience 0  # all 20,000 steps
     python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --steps 300 --select-every 100  # smoke
-    python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --set data.augment=true  # any config key
+    python benchmarks/mnist_cdcb_full.py --data-root ../shared/data/mnist --set data.augment=false  # any config key
     IIAE_SHARED_DATA=../shared/data python benchmarks/mnist_cdcb_full.py --json full.json
 
 The config is ``mnist_cdcb_full`` (the 32x32 model; 10,000 of the 60,000 training pairs held out for model

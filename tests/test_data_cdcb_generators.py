@@ -50,6 +50,11 @@ def published(embedded):
     return pairs, cdcb_statistics(pairs, embedded.train_images)
 
 
+def test_both_mnist_cdcb_configs_train_with_augmentation():
+    """Each was chosen on validation pairs over seeds (BENCHMARKS.md); a silent revert would change the headline."""
+    assert resolve_config("mnist_cdcb").data.augment and resolve_config("mnist_cdcb_full").data.augment
+
+
 def test_published_like_is_the_default_everywhere():
     assert DataConfig().generator == "published_like"
     assert resolve_config("mnist_cdcb").data.generator == "published_like"
