@@ -23,23 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from shared_data import data_folder
 
 from iiae.core.config import DataConfig
 from iiae.data import load_digits, make_cdcb
 from iiae.data.cdcb import GENERATORS, PairedImages
 from iiae.data.cdcb_statistics import cdcb_statistics
-from iiae.data.shifts import STROKE_SHIFT, stroke_shift
-from iiae.data.splits import cdcb_seeds
+from iiae.data.shifts import STROKE_SETS, stroke_shift
+from iiae.data.strokes import gaussian_blur
 from iiae.evaluation.retrieval import partner_ranks
+from iiae.evaluation.shift_suite import shift_suite_digits
 
 ORACLE_BLURS = (0.0, 0.7, 1.0, 1.5, 2.0)  # Gaussian sigma in pixels; 0: the masks as drawn
-STROKE_SETS = {  # the shift suite's stroke sets (iiae.data.shifts.shifted_test_sets): stroke-level change of X, Y
-    "strokes_thinner": (STROKE_SHIFT, STROKE_SHIFT),
-    "strokes_thicker": (-STROKE_SHIFT, -STROKE_SHIFT),
-    "strokes_swapped": (-STROKE_SHIFT, STROKE_SHIFT),
-}
 
 
 def digits_to_time(root: Path | None, count: int) -> tuple[np.ndarray, str]:
@@ -55,20 +50,6 @@ def digits_to_time(root: Path | None, count: int) -> tuple[np.ndarray, str]:
     return np.resize(images, (count, 28, 28)), source
 
 
-def blurred(masks: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``[N, 1, S, S]`` masks blurred by a separable Gaussian of ``sigma`` px (a 2*ceil(3 sigma)+1 kernel, zero
-    padding); ``sigma`` 0 returns them as they are."""
-    if sigma == 0:
-        return masks
-    radius = int(np.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    images = masks.float()
-    images = F.conv2d(images, kernel.view(1, 1, 1, -1), padding=(0, radius))
-    return F.conv2d(images, kernel.view(1, 1, -1, 1), padding=(radius, 0))
-
-
 def standardised(masks: torch.Tensor) -> torch.Tensor:
     """Each mask flattened, centred and scaled to unit norm: squared L2 between two is 2 - 2 x their correlation."""
     flat = masks.flatten(1).double()
@@ -79,12 +60,12 @@ def standardised(masks: torch.Tensor) -> torch.Tensor:
 def mask_oracle(pairs: PairedImages) -> dict:
     """Top-1 % X->Y / Y->X of partner retrieval by digit-mask correlation, per blur, and the digits of the pairs
     missed either way (count per class 0-9). ``pairs`` hold their masks (``keep_intensity``)."""
-    mask_x = pairs.intensity
-    mask_y = pairs.intensity if pairs.intensity_y is None else pairs.intensity_y  # classic: one mask for both
+    mask_x = pairs.intensity.float()
+    mask_y = mask_x if pairs.intensity_y is None else pairs.intensity_y.float()  # classic: one mask for both
     labels = pairs.labels.numpy()
     results = {}
     for sigma in ORACLE_BLURS:
-        codes_x, codes_y = standardised(blurred(mask_x, sigma)), standardised(blurred(mask_y, sigma))
+        codes_x, codes_y = standardised(gaussian_blur(mask_x, sigma)), standardised(gaussian_blur(mask_y, sigma))
         missed_x_to_y = (partner_ranks(codes_x, codes_y) > 0).numpy()
         missed_y_to_x = (partner_ranks(codes_y, codes_x) > 0).numpy()
         results[f"blur_{sigma:g}"] = {
@@ -108,12 +89,10 @@ def oracle_sets(images: np.ndarray, labels: np.ndarray, seed: int, size: int) ->
 
 def test_digits(root: Path | None) -> tuple[np.ndarray, np.ndarray, int, str]:
     """The test digits and the seed a run draws its test pairs with (the configs' data.colour_seed 0)."""
-    digits = load_digits("idx", root) if root is not None else load_digits("embedded")
-    _, test_seed = cdcb_seeds(DataConfig())
-    source = (
-        f"the {len(digits.test_images):,} full-MNIST test digits" if root is not None else "the embedded test digits"
-    )
-    return digits.test_images, np.asarray(digits.test_labels), test_seed, source
+    data = DataConfig(source="idx", root=str(root)) if root is not None else DataConfig(source="embedded")
+    images, labels, seed = shift_suite_digits(data, "test")
+    source = f"the {len(images):,} full-MNIST test digits" if root is not None else "the embedded test digits"
+    return images, np.asarray(labels), seed, source
 
 
 def main() -> None:

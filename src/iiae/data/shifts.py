@@ -45,6 +45,11 @@ COLOUR_SHIFT_STREAM = 0xC0105  # second seed word of the outside-range colours (
 LOWEST_VALUE = 0.1  # the least contrast of a digit with its background, even outside the ranges (it must stay visible)
 STROKE_SHIFT = 0.15  # stroke-level change of the suite's thinner / thicker sets (the training spread is +-0.15)
 JPEG_QUALITIES = (75, 30)  # the suite's JPEG sets
+STROKE_SETS = {  # the suite's stroke sets: stroke-level change of X, of Y (positive: thinner)
+    "strokes_thinner": (STROKE_SHIFT, STROKE_SHIFT),
+    "strokes_thicker": (-STROKE_SHIFT, -STROKE_SHIFT),
+    "strokes_swapped": (-STROKE_SHIFT, STROKE_SHIFT),  # X thick, Y thin: the opposite of training
+}
 
 
 def _outside_colours(count: int, rng: np.random.Generator, saturation: tuple[float, float],
@@ -170,16 +175,10 @@ def shifted_test_sets(images: np.ndarray, labels: np.ndarray, *, size: int = 32,
     """Every shift of the suite, by name, from the test digits (``seed``: the test pairs' seed, so the unshifted
     test pairs are ``make_cdcb(images, labels, size=size, seed=seed, generator=generator)``). ``workdir`` (an
     empty or new folder) receives the AB PNGs of ``ab_png_256``."""
-    change = STROKE_SHIFT
-    sets = {
-        "colours_outside": colours_outside(images, labels, size=size, seed=seed, generator=generator),
-        "strokes_thinner": stroke_shift(images, labels, level_change_x=change, level_change_y=change, size=size,
-                                        seed=seed),
-        "strokes_thicker": stroke_shift(images, labels, level_change_x=-change, level_change_y=-change, size=size,
-                                        seed=seed),
-        "strokes_swapped": stroke_shift(images, labels, level_change_x=-change, level_change_y=change, size=size,
-                                        seed=seed),  # X thick, Y thin: the opposite of training
-    }  # fmt: skip
+    sets = {"colours_outside": colours_outside(images, labels, size=size, seed=seed, generator=generator)}
+    for name, (change_x, change_y) in STROKE_SETS.items():
+        sets[name] = stroke_shift(images, labels, level_change_x=change_x, level_change_y=change_y, size=size,
+                                  seed=seed)  # fmt: skip
     plain = make_cdcb(images, labels, size=size, seed=seed, generator=generator)
     for quality in JPEG_QUALITIES:
         sets[f"jpeg_q{quality}"] = jpeg_pairs(plain, quality)

@@ -91,15 +91,21 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``[N, 1, H, W]`` float images blurred by a separable Gaussian of ``sigma`` pixels (zero padding, the size
+    kept); ``sigma`` <= 0 returns them as they are."""
+    if sigma <= 0:
+        return images
+    kernel = _gaussian_kernel(sigma)
+    radius = (len(kernel) - 1) // 2
+    images = conv2d(images, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return conv2d(images, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+
+
 def stroke_field(images: np.ndarray | torch.Tensor, smoothing: float) -> torch.Tensor:
     """The smooth stroke field ``[N, 1, 28, 28]`` of uint8 digits: Gaussian-smoothed ink, each digit's peak 1
     (an empty digit stays 0)."""
-    field = torch.as_tensor(images).unsqueeze(1).to(torch.float32).div_(255.0)
-    if smoothing > 0:
-        kernel = _gaussian_kernel(smoothing)
-        radius = (len(kernel) - 1) // 2
-        field = conv2d(field, kernel.view(1, 1, 1, -1), padding=(0, radius))
-        field = conv2d(field, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    field = gaussian_blur(torch.as_tensor(images).unsqueeze(1).to(torch.float32).div_(255.0), smoothing)
     peak = field.flatten(1).amax(dim=1).clamp_(min=1e-6)
     return field.div_(peak[:, None, None, None])
 
