@@ -115,8 +115,8 @@ def test_bad_flags_and_values(tmp_path, capsys, flags, fragments):
         (b"- 1\n- 2\n", ["a config must be a mapping"]),
         (b"trian:\n  steps: 3\n", ["unknown config key trian"]),
         (b"train:\n  steps: many\n", ["train.steps must be an integer"]),
-        (bytes(range(256)) * 4, ["is not valid YAML"]),
-        (None, ["does not exist"]),  # the config path is a folder
+        (bytes(range(256)) * 4, ["is not UTF-8 text (byte 128"]),
+        (None, ["is a folder; expected a regular file"]),  # the config path is a folder
     ],
     ids=["empty", "invalid-yaml", "list", "unknown-section", "wrong-type", "binary", "folder"],
 )
@@ -302,19 +302,19 @@ def _edit_json(folder: Path, edit) -> None:
 MODEL_DAMAGE = {
     "missing-config": (lambda f: (f / "config.json").unlink(), "or config.json + model.safetensors"),
     "missing-weights": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
-    "invalid-json": (lambda f: (f / "config.json").write_text("{'model':"), "is not an iiae model config"),
+    "invalid-json": (lambda f: (f / "config.json").write_text("{'model':"), "is not valid JSON"),
     "json-list": (lambda f: (f / "config.json").write_text("[1, 2]"), "is not an iiae model config"),
     "format-99": (lambda f: _edit_json(f, lambda m: {**m, "format_version": 99}), "format_version 99, expected 1"),
     "unknown-key": (
         lambda f: _edit_json(f, lambda m: {**m, "model": {**m["model"], "depth": 3}}),
         "unknown config key model.depth",
     ),
-    "empty-weights": (lambda f: (f / "model.safetensors").write_bytes(b""), "not a readable safetensors file"),
+    "empty-weights": (lambda f: (f / "model.safetensors").write_bytes(b""), "is not a safetensors file (0 bytes"),
     "truncated-weights": (
         lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:500]),
-        "not a readable safetensors file",
+        "bytes of a 500-byte file",
     ),
-    "header-bomb": (_header_bomb, "not a readable safetensors file"),
+    "header-bomb": (_header_bomb, "is not a safetensors file (its header claims"),
     "nan-tensor": (
         lambda f: _replace_tensor(f, "weight", lambda t: torch.full_like(t, float("nan"))), "holds NaN or Inf"
     ),
@@ -352,12 +352,12 @@ def test_bad_output_folders(tmp_path, capsys, data):
     expect_error(capsys, ["train", *tiny_args(data), "--out", "/proc/iiae-run"], "/proc", "cannot be written")
     assert not Path("/proc/iiae-run").exists()
     other_run = make_run(tmp_path / "other", data)
-    expect_error(capsys, ["train", *tiny_args(data), "--out", str(other_run)], "is not empty")
+    expect_error(capsys, ["train", *tiny_args(data), "--out", str(other_run)], "is the run folder")
     assert sorted(p.name for p in other_run.iterdir()) == ["checkpoints", "config.yaml"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    expect_error(capsys, ["train", *tiny_args(data), "--out", str(a_file)], "exists and is not a folder")
-    expect_error(capsys, ["export", str(other_run), "--out", str(other_run)], "is not empty")
-    expect_error(capsys, ["export", str(tmp_path), "--out", str(tmp_path / "m")], "no config.yaml")
+    expect_error(capsys, ["train", *tiny_args(data), "--out", str(a_file)], "is a file; expected a folder")
+    expect_error(capsys, ["export", str(other_run), "--out", str(other_run)], "is one of the command's inputs")
+    expect_error(capsys, ["export", str(tmp_path), "--out", str(tmp_path / "m")], "inside the input folder")
     assert not (tmp_path / "m").exists()
 

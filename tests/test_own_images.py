@@ -59,13 +59,14 @@ def noise_images(folder, count: int, seed: int = 0, size=(23, 31)) -> list:
 
 # ------------------------------------------------------------------------------------------ reading files
 def test_any_size_and_mode_is_converted_and_resized_to_the_model_input(tmp_path):
-    Image.new("RGBA", (40, 30), (255, 0, 0, 128)).save(tmp_path / "rgba.png")  # not square, alpha dropped
+    Image.new("RGBA", (40, 30), (255, 0, 0, 128)).save(tmp_path / "rgba.png")  # not square, half-opaque red
     Image.new("L", (7, 9), 255).save(tmp_path / "grey.png")
     Image.new("RGB", (64, 64), (0, 0, 255)).convert("P").save(tmp_path / "palette.png")
     Image.new("CMYK", (20, 20), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
     red = read_image(tmp_path / "rgba.png", 16, 3)
     assert red.shape == (3, 16, 16) and red.dtype == torch.float32
-    assert torch.equal(red, torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, 16, 16))
+    pink = 127 / 127.5 - 1  # over white: 255 * (1 - 128 / 255)
+    assert torch.allclose(red, torch.tensor([1.0, pink, pink])[:, None, None].expand(3, 16, 16))
     grey_as_rgb = read_image(tmp_path / "grey.png", 16, 3)  # enlarged 7x9 -> 16x16, L repeated into RGB
     assert grey_as_rgb.shape == (3, 16, 16) and torch.allclose(grey_as_rgb, torch.ones(3, 16, 16))
     blue_as_grey = read_image(tmp_path / "palette.png", 8, 1)  # L = 0.114 * 255 for pure blue (ITU-R 601-2)

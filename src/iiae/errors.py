@@ -8,8 +8,25 @@ these into one line on stderr and a non-zero exit status; anything else is a bug
 from __future__ import annotations
 
 
+MESSAGE_LIMIT = 1000  # characters of an error message; a longer one (it quotes a huge value) is cut in the middle
+
+
+def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` cut in the middle to at most about ``limit`` characters, saying how much was left out."""
+    if len(message) <= limit:
+        return message
+    keep = (limit - 40) // 2
+    return f"{message[:keep]} ...[{len(message) - 2 * keep:,} characters cut]... {message[-keep:]}"
+
+
 class IIAEError(Exception):
-    """Base class of every error caused by the user's input rather than by a bug."""
+    """Base class of every error caused by the user's input rather than by a bug. Its message is bounded
+    (:func:`bounded`): whatever value a message quotes, the one line the command line prints stays short."""
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (bounded(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(IIAEError, ValueError):

@@ -23,8 +23,11 @@ import yaml
 
 from iiae.atomic import atomic_write_text
 from iiae.errors import ConfigError
+from iiae.readers import parse_yaml as parse_bounded_yaml
+from iiae.readers import quote, read_text, yaml_problem
 
 T = TypeVar("T")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; a larger one is not a config
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # 1e-4, 2.5E3, -.5: numbers as people write them
 
 
@@ -80,10 +83,10 @@ class ModelConfig:
             raise ConfigError(f"model.logvar_max must be > 0, got {self.logvar_max}")
         architectures = typing.get_args(typing.get_type_hints(ModelConfig)["architecture"])
         if self.architecture not in architectures:
-            raise ConfigError(f"model.architecture must be one of {', '.join(architectures)}; got {self.architecture!r}")
+            raise ConfigError(f"model.architecture must be one of {', '.join(architectures)}; got {quote(self.architecture)}")
         standardisations = typing.get_args(typing.get_type_hints(ModelConfig)["standardise"])
         if self.standardise not in standardisations:
-            raise ConfigError(f"model.standardise must be one of {', '.join(standardisations)}; got {self.standardise!r}")
+            raise ConfigError(f"model.standardise must be one of {', '.join(standardisations)}; got {quote(self.standardise)}")
 
     def _validate_mlp(self) -> None:
         _positive(self, "input_dim", "exclusive_dim", "shared_channels", "joint_hidden_dim", "decoder_hidden_dim")
@@ -185,7 +188,7 @@ class DataConfig:
         check_seeds("data", self, "split_seed", "colour_seed")
         generators = typing.get_args(typing.get_type_hints(DataConfig)["generator"])
         if self.generator not in generators:
-            raise ConfigError(f"data.generator must be one of {', '.join(generators)}; got {self.generator!r}")
+            raise ConfigError(f"data.generator must be one of {', '.join(generators)}; got {quote(self.generator)}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         for key in ("recolour_every_epoch", "augment"):
@@ -270,7 +273,7 @@ class TrainConfig:
                 f"train.devices x train.num_nodes = {processes}"
             )
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
-            raise ConfigError(f"train.accelerator must be one of auto, cpu, gpu, cuda, mps; got {self.accelerator!r}")
+            raise ConfigError(f"train.accelerator must be one of auto, cpu, gpu, cuda, mps; got {quote(self.accelerator)}")
         if "csv" not in self.loggers or len(set(self.loggers)) < len(self.loggers):
             raise ConfigError(f"train.loggers must hold 'csv' (logs/metrics.csv, which the report and --resume read) "
                               f"and each logger once, got {self.loggers}")  # fmt: skip
@@ -345,39 +348,46 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(annotation)
         if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {quote(value)}")
         return value
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {quote(value)}")
         return [_convert(item, item_type, f"{key}[{index}]") for index, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, got {quote(value)}")
         _, value_type = typing.get_args(annotation)
-        return {str(k): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _convert(v, value_type, f"{key}.{quote(str(k))[1:-1]}") for k, v in value.items()}
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {quote(value)}")
         return value
     if annotation is float:
         if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; people write numbers that way
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key} must be a number, got {quote(value)}")
+        try:
+            return _finite(float(value), key)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{key} must be a finite number, got {quote(value)}") from None
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {quote(value)}")
         return value
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{key} must be a string, got {quote(value)}")
         return value
     raise TypeError(f"unsupported annotation {annotation} for {key}")  # a bug in this module, not user input
+
+
+def _finite(value: float, key: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {quote(value)}")
+    return value
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -386,41 +396,29 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for key in values:
         if key not in known:
             where = f"{prefix}." if prefix else ""
-            raise ConfigError(f"unknown config key {where}{key!s}; expected one of: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config key {quote(f'{where}{key!s}')[1:-1]}; expected one of: {', '.join(sorted(known))}")
     kwargs = {
         name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in values.items()
     }
     return cls(**kwargs)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def parse_yaml(text: str) -> Any:
-    """``text`` as YAML (safe: no Python objects), a key given twice in a mapping refused; yaml.YAMLError if not."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    """``text`` as bounded YAML (:func:`iiae.readers.parse_yaml`: safe, no duplicate keys, aliases and nesting
+    limited); yaml.YAMLError if not."""
+    return parse_bounded_yaml(text)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``SECTION.KEY=VALUE`` (a command line ``--set``) as a key path and a YAML-parsed value."""
     if "=" not in text:
-        raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0.5), got {text!r}")
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. loss.lambda_=0.5), got {quote(text)}")
     key, raw = text.split("=", 1)
     try:
         return key.split("."), parse_yaml(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key}: {raw!r} is not a valid value ({str(error).splitlines()[0]})") from None
+        raise ConfigError(f"--set {quote(key)[1:-1]}: {quote(raw)} is not a valid value ({yaml_problem(error)})"
+                          ) from None  # fmt: skip
 
 
 def set_by_path(values: dict[str, Any], path: list[str], value: Any) -> None:
@@ -428,10 +426,10 @@ def set_by_path(values: dict[str, Any], path: list[str], value: Any) -> None:
     section = values
     for part in path[:-1]:
         if not isinstance(section.get(part), dict):
-            raise ConfigError(f"unknown config key {'.'.join(path)}")
+            raise ConfigError(f"unknown config key {quote('.'.join(path))[1:-1]}")
         section = section[part]
     if path[-1] not in section:
-        raise ConfigError(f"unknown config key {'.'.join(path)}; expected one of: {', '.join(section)}")
+        raise ConfigError(f"unknown config key {quote('.'.join(path))[1:-1]}; expected one of: {', '.join(section)}")
     section[path[-1]] = value
 
 
@@ -492,13 +490,14 @@ def read_config_file(path: str | Path, empty: str | None = None, bundled: list[s
     ``bundled``: names the error about a missing file lists as alternatives.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         alternatives = f" (bundled configs: {', '.join(bundled)})" if bundled else ""
         raise ConfigError(f"config file {path} does not exist{alternatives}")
+    text = read_text(path, MAX_CONFIG_BYTES, "config file", ConfigError)
     try:
-        values = parse_yaml(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        values = parse_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
     if values is None and empty is not None:
         raise ConfigError(f"config file {path} is empty; expected {empty}")
     return {} if values is None else values
@@ -533,7 +532,7 @@ def resolve_named_config(name_or_path: str | Path, package: str, load: Callable[
     if str(name_or_path) in names:
         with resources.as_file(resources.files(package) / "configs" / f"{name_or_path}.yaml") as bundled:
             return load(bundled)
-    raise ConfigError(f"config {name_or_path!r} is neither a YAML file nor a bundled config ({', '.join(names)})")
+    raise ConfigError(f"config {quote(str(name_or_path))} is neither a YAML file nor a bundled config ({', '.join(names)})")
 
 
 def resolve_config(name_or_path: str | Path | None) -> ExperimentConfig:

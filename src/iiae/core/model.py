@@ -19,18 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from iiae.core.config import ModelConfig, _build
 from iiae.core.networks import build_networks
 from iiae.core.objective import Gaussian, Posteriors, split_gaussian
 from iiae.errors import CheckpointError, ConfigError, OutputError
+from iiae.readers import load_safetensors, parse_json, quote, read_bytes
 from iiae.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MAX_MODEL_CONFIG_BYTES = 1 << 20  # a model's config.json is about 1 kB
 # Model folders of zero-shot SBIR runs written before the feature-vector model became the ``mlp`` architecture of
 # this class: config.json holds {"kind": LEGACY_FEATURE_MODEL_KIND, "model": {<MLP sizes>}}, the same tensor names.
 LEGACY_FEATURE_MODEL_KIND = "zs_sbir_mlp_iiae"
@@ -272,31 +274,31 @@ class IIAE(nn.Module):
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         for path in (config_path, weights_path):
-            if not path.is_file():
+            if not path.exists():
                 raise CheckpointError(f"model file {path} is missing; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+        meta = parse_json(read_bytes(config_path, MAX_MODEL_CONFIG_BYTES, "model file", CheckpointError),
+                          f"model file {config_path}", CheckpointError)  # fmt: skip
         try:
-            meta = json.loads(config_path.read_text(encoding="utf-8"))
             if isinstance(meta, dict) and meta.get("kind") == LEGACY_FEATURE_MODEL_KIND:
                 config = legacy_feature_model_config(meta["model"])
             elif meta.get("format_version") != FORMAT_VERSION:
                 raise CheckpointError(
-                    f"{config_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+                    f"{config_path}: format_version {quote(meta.get('format_version'))}, expected {FORMAT_VERSION}"
                 )
             else:
                 config = _build(ModelConfig, meta["model"], "model")
             config.validate()
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ConfigError) as error:
-            raise CheckpointError(f"{config_path} is not an iiae model config: {error}") from None
+        except (KeyError, TypeError, AttributeError, ConfigError) as error:
+            raise CheckpointError(f"{config_path} is not an iiae model config: {quote(str(error))[1:-1]}") from None
         try:
             with torch.device("meta"):  # shapes only: an absurd config allocates nothing before the check below
                 model = cls(config)
         except RuntimeError as error:  # sizes that overflow even PyTorch's size arithmetic
             raise CheckpointError(f"{config_path}: the model's sizes are impossible ({str(error).splitlines()[0]})"
                                   ) from None  # fmt: skip
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from None
+        expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        # the header (names, shapes, offsets against the file size) is checked before a tensor is read
+        state = load_safetensors(weights_path, expected, "model file", CheckpointError, device=str(map_location))
         check_state_dict(state, model.state_dict(), str(weights_path))
         check_finite(state, str(weights_path))
         model.load_state_dict(state, assign=True)

@@ -10,6 +10,7 @@ Lightning side of checkpointing (the ``CheckpointIO`` plugin and the run's ``Mod
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from iiae.atomic import atomic_write
 from iiae.core.config import ExperimentConfig
 from iiae.core.model import IIAE, check_finite, check_state_dict
 from iiae.errors import CheckpointError
+from iiae.readers import check_regular_file, open_regular, quote
 from iiae.run_files import CHECKPOINTS, LAST_CHECKPOINT, STEP_CHECKPOINT
 
 LOG = logging.getLogger("iiae.engine")
@@ -41,14 +43,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     unpickled) is refused: nothing in it is executed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty: expected a PyTorch checkpoint (.ckpt)")
+    with open_regular(path, "checkpoint", CheckpointError) as file:  # a FIFO or device is refused, not waited on
+        if os.fstat(file.fileno()).st_size == 0:
+            raise CheckpointError(f"checkpoint {path} is empty: expected a PyTorch checkpoint (.ckpt)")
+        checkpoint = _torch_load(file, path, map_location)
+    return _checked_checkpoint(checkpoint, path)
+
+
+def _torch_load(file: Any, path: Path, map_location: Any) -> Any:  # noqa: ANN401
+    """``torch.load(file, weights_only=True)``; CheckpointError naming ``path`` for whatever it refuses."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         paragraphs = [text.strip() for text in str(error).split("\n\n") if text.strip()]
         detail = paragraphs[-2] if len(paragraphs) >= 3 else "unsupported content"
@@ -64,13 +71,17 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except Exception as error:  # noqa: BLE001 - whatever a damaged file makes torch.load raise
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({first_line})") from None
+
+
+def _checked_checkpoint(checkpoint: Any, path: Path) -> dict[str, Any]:  # noqa: ANN401
+    """``checkpoint`` when it is a Lightning checkpoint of finite tensors; CheckpointError naming ``path``."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint: expected a dict with a state_dict")
     if not isinstance(checkpoint.get("global_step"), int) or checkpoint["global_step"] < 0:
         raise CheckpointError(f"checkpoint {path} has no valid global_step: expected a non-negative integer")
     for name, tensor in checkpoint["state_dict"].items():
         if not isinstance(tensor, torch.Tensor):
-            raise CheckpointError(f"checkpoint {path}: state_dict entry {name} is not a tensor")
+            raise CheckpointError(f"checkpoint {path}: state_dict entry {quote(name)} is not a tensor")
     check_finite(checkpoint["state_dict"], f"checkpoint {path}")
     return checkpoint
 
@@ -112,6 +123,7 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
             files.append((int(match.group(1)), 0, path))
         elif path.name == LAST_CHECKPOINT:
             try:
+                check_regular_file(path, "checkpoint", CheckpointError)  # a FIFO named last.ckpt: never opened
                 step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
             except Exception:  # noqa: BLE001 - any unreadable last.ckpt is ranked last and reported on load
                 step = -1

@@ -16,7 +16,7 @@ from PIL import ImageOps
 
 from iiae.atomic import atomic_write
 from iiae.core.model import IIAE
-from iiae.data.paired_images import open_image
+from iiae.data.image_modes import read_8bit
 from iiae.errors import ConfigError, OutputError
 
 LOSS_TERMS = ("loss", "l1_x", "l1_y", "mse_x", "mse_y", "nll_x", "nll_y", "kl_exclusive_x", "kl_exclusive_y",
@@ -237,12 +237,15 @@ def retrieval_panel_size(results: int) -> tuple[int, int]:
 
 def _panel_tile(path: Path) -> np.ndarray:
     """The image file as an RGB tile of PANEL_TILE_PIXELS, aspect kept, padded with white."""
-    with open_image(path) as image:
-        tile = ImageOps.pad(image.convert("RGB"), (PANEL_TILE_PIXELS, PANEL_TILE_PIXELS), color=(255, 255, 255))
-    return np.asarray(tile)
+    image = read_8bit(path, "RGB")  # every PIL mode by the one table (16-bit, float, transparency)
+    return np.asarray(ImageOps.pad(image, (PANEL_TILE_PIXELS, PANEL_TILE_PIXELS), color=(255, 255, 255)))
 
 
 def _short(name: str, length: int = 18) -> str:
+    """A file name for a title: cut to ``length`` characters, the bytes of a name that is not UTF-8 (held as
+    surrogates) shown as the replacement character, control characters as spaces."""
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name = "".join(" " if not char.isprintable() else char for char in name)
     return name if len(name) <= length else name[: length - 1] + "…"
 
 

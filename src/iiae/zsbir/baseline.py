@@ -6,21 +6,21 @@ Its model folder: ``model.safetensors`` + ``config.json`` (``{"kind": KIND, "mod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from iiae.atomic import atomic_folder, atomic_write_json
 from iiae.core.model import IIAE
 from iiae.errors import CheckpointError
+from iiae.readers import load_safetensors, parse_json, quote, read_bytes
 from iiae.zsbir.config import ZSConfig
 from iiae.zsbir.features import ZeroShotSplit
 
+MAX_CONFIG_BYTES = 1 << 20
 KIND = "zs_sbir_supervised_embedding"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -78,8 +78,8 @@ def save_supervised(model: SupervisedEmbedding, config: ZSConfig, split: ZeroSho
 def _description(folder: Path) -> dict | None:
     path = folder / CONFIG_FILE
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        meta = parse_json(read_bytes(path, MAX_CONFIG_BYTES, "model file", CheckpointError), str(path), CheckpointError)
+    except CheckpointError:
         return None
     return meta if isinstance(meta, dict) else None
 
@@ -98,10 +98,13 @@ def load_supervised(folder: str | Path) -> SupervisedEmbedding:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not a supervised embedding's config ({KIND})")
     path = folder / WEIGHTS_FILE
     try:
-        model = SupervisedEmbedding(**meta["model"])
-        model.load_state_dict(load_file(str(path)))
-    except (SafetensorError, OSError, RuntimeError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} does not fit the model config: {str(error).splitlines()[0]}") from None
+        with torch.device("meta"):  # shapes only: absurd sizes in the config allocate nothing
+            model = SupervisedEmbedding(**meta["model"])
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE} does not describe a model: {quote(str(error))[1:-1]}") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    tensors = load_safetensors(path, expected, "model file", CheckpointError)  # checked before a tensor is read
+    model.load_state_dict(tensors, assign=True)
     return model.eval()
 
 

@@ -192,7 +192,7 @@ class ZSConfig:
         if not self.feature_net.widths or any(w <= 0 for w in self.feature_net.widths):
             raise ConfigError("feature_net.widths must be a non-empty list of positive integers")
         if not self.evaluation.ks or any(k <= 0 for k in self.evaluation.ks):
-            raise ConfigError(f"evaluation.ks must be positive integers, got {self.evaluation.ks}")
+            raise ConfigError(f"evaluation.ks must be positive integers, got {quote(self.evaluation.ks)}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self.train, name) < 1:
                 raise ConfigError(f"train.{name} must be in [0, 1)")

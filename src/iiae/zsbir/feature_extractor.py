@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from iiae.errors import CheckpointError
+from iiae.readers import load_safetensors, parse_json, quote, read_bytes
 from iiae.zsbir import pretrained_features
 from iiae.zsbir.backbones import SmallCNN, TorchvisionFeatures
 from iiae.zsbir.config import FeatureNetConfig
@@ -30,6 +30,8 @@ from iiae.zsbir.pretrained_features import tuned_state
 CONFIG_FILE, WEIGHTS_FILE = "feature_extractor.json", "feature_extractor.safetensors"
 FORMAT = "iiae-zsbir-feature-extractor/1"
 EMBED_BATCH = 64  # images per inference batch (and per decoding task)
+
+MAX_DESCRIPTION_BYTES = 1 << 20  # a feature extractor's config.json is a few kB
 
 
 class FeatureExtractor:
@@ -146,12 +148,10 @@ class FeatureExtractor:
 
 
 def _read_description(path: Path) -> dict:
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path} does not exist: not a saved feature extractor")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+    meta = parse_json(read_bytes(path, MAX_DESCRIPTION_BYTES, "feature extractor description", CheckpointError),
+                      str(path), CheckpointError)  # fmt: skip
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a feature extractor description (format {FORMAT})")
     for key in ("backbone", "preprocessing"):
@@ -160,7 +160,8 @@ def _read_description(path: Path) -> dict:
     try:
         Preprocessing.from_dict(meta["preprocessing"])
     except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: invalid preprocessing {meta['preprocessing']!r} ({error})") from None
+        raise CheckpointError(f"{path}: invalid preprocessing {quote(meta['preprocessing'])} ({quote(str(error))[1:-1]})"
+                              ) from None  # fmt: skip
     return meta
 
 
@@ -184,17 +185,10 @@ def _build_network(backbone: str, meta: dict, folder: Path) -> nn.Module:
 
 def _load_trained_tensors(network: nn.Module, path: Path, expected: set[str]) -> None:
     """Copy the tensors of ``path`` into ``network``: exactly the ``expected`` names, with the network's shapes."""
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path} does not exist: the trained feature-extractor weights are missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} cannot be read as safetensors: {error}") from None
     state = network.state_dict()
-    for name, tensor in tensors.items():
-        if name not in expected or state[name].shape != tensor.shape:
-            raise CheckpointError(f"{path}: tensor {name} {tuple(tensor.shape)} does not fit the network")
-    missing = sorted(expected - set(tensors))
-    if missing:
-        raise CheckpointError(f"{path} lacks {len(missing)} trained tensors (first: {missing[0]})")
+    shapes = {name: tuple(state[name].shape) for name in expected}
+    # header, names and shapes checked before a tensor is read; every tensor finite (a NaN extractor is refused)
+    tensors = load_safetensors(path, shapes, "feature-extractor weights", CheckpointError)
     network.load_state_dict(tensors, strict=False)
