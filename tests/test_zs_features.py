@@ -96,7 +96,7 @@ def test_decoding_in_workers_matches_in_process_and_names_a_bad_file(tmp_path):
     assert not torch.equal(edges, in_process)  # photos become edge maps, sketches stay as they are
 
     paths[6].write_bytes(b"not a png")
-    with pytest.raises(DataError, match=f"image {paths[6]} cannot be read") as error:
+    with pytest.raises(DataError, match=f"image file {paths[6]} cannot be decoded") as error:
         list(image_batches(paths, preprocessing, "sketch", batch_size=4, workers=2))
     assert len(str(error.value).splitlines()) == 1
 

@@ -1,9 +1,11 @@
 """Image files of one's own, one at a time: list a folder's images, read a file as a model's input, write one.
 
-A file of any size and mode is read as the training images are (:mod:`iiae.data.paired_images`): decoded whole
-(a file that is not an image, is truncated, or has more pixels than PIL's decompression-bomb limit raises
-:class:`ImageFileError` naming it), converted to RGB or L for the model's channels, resized to ``size`` x ``size``
-(area averaging when shrinking, bicubic when enlarging; the aspect ratio is not kept) and mapped to [-1, 1].
+A file of any size and mode is read as the training images are (:mod:`iiae.data.paired_images`): a regular file
+only, decoded whole (a file that is not an image, is truncated, or has more pixels than PIL's decompression-bomb
+limit raises :class:`ImageFileError` naming it), made 8-bit RGB or L for the model's channels by the table of
+:mod:`iiae.data.image_modes` (16-bit and float images scaled by their range, alpha dropped), resized to ``size`` x
+``size`` (area averaging when shrinking, bicubic when enlarging; the aspect ratio is not kept) and mapped to
+[-1, 1].
 """
 
 from __future__ import annotations
@@ -15,13 +17,8 @@ import torch
 
 from iiae.atomic import atomic_write
 from iiae.data.export import to_pil_image, to_uint8
-from iiae.data.paired_images import (
-    IMAGE_SUFFIXES,
-    ImageFileError,
-    image_mode,
-    image_tensor,
-    open_image,
-)
+from iiae.data.image_modes import ImageFileError, open_image
+from iiae.data.paired_images import IMAGE_SUFFIXES, image_mode, image_tensor
 from iiae.errors import DataError, OutputError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFileError", "check_image_file", "find_images", "read_image", "read_images",

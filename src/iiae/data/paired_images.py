@@ -9,9 +9,10 @@ Two-folder format: the same file stem in ``X/`` and ``Y/`` of each split (any im
 
     root/train/X/cat.png  root/train/Y/cat.jpg ...  root/test/X/...  root/test/Y/...
 
-Files are sorted by number when their stems are numbers (``2.jpg`` before ``10.jpg``), by name otherwise. Each
-image (each half for AB) is resized to ``size`` x ``size`` (box filter, i.e. area averaging, when shrinking;
-bicubic when enlarging) and mapped to [-1, 1].
+Files are sorted by number when their stems are numbers (ASCII digits: ``2.jpg`` before ``10.jpg``), by name
+otherwise. Each image is opened and made 8-bit RGB or L as every user image is (:mod:`iiae.data.image_modes`:
+16-bit and float images scaled by their range, alpha dropped), then (each half for AB) resized to ``size`` x
+``size`` (box filter, i.e. area averaging, when shrinking; bicubic when enlarging) and mapped to [-1, 1].
 
 Every file is decoded once when a dataset is built (and dropped again), so every file's problem -- not an image,
 truncated or corrupt pixels, a decompression bomb, an odd width, halves that are not square, an empty folder,
@@ -24,16 +25,16 @@ fit in memory. A file that cannot be decoded there (changed meanwhile) still rai
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from iiae.data.image_modes import ImageFileError, open_image, reason, to_8bit
 from iiae.errors import DataError
 
 LOG = logging.getLogger("iiae.data")
@@ -45,24 +46,16 @@ ASPECT_TOLERANCE = 0.02
 LAYOUTS = ("ab", "folders")
 
 
-class ImageFileError(DataError):
-    """An image file that cannot be used, named in the message (one line, also from a DataLoader worker).
-
-    A DataLoader re-raises a worker's exception as ``type(error)(text)`` where ``text`` holds the whole worker
-    traceback; this class keeps only the original message, so the command line still prints one line.
-    """
-
-    def __init__(self, message: str) -> None:
-        if "Original Traceback" in message:
-            last = message.rstrip().splitlines()[-1]
-            message = last.split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
+def is_number(stem: str) -> bool:
+    """Whether a file stem is a number: ASCII digits only (``²`` or ``٣`` are digits to ``str.isdigit``, and
+    ``int`` refuses the first)."""
+    return stem.isascii() and stem.isdigit()
 
 
 def sorted_images(folder: Path) -> list[Path]:
     """Image files of ``folder`` (not recursive): by number when every stem is a number, else by name."""
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if all(re.fullmatch(r"\d+", p.stem) for p in files):
+    if all(is_number(p.stem) for p in files):
         return sorted(files, key=lambda p: (int(p.stem), p.name))
     return sorted(files, key=lambda p: p.name)
 
@@ -76,24 +69,12 @@ def _square_enough(width: int, height: int) -> bool:
     return abs(width - height) <= ASPECT_TOLERANCE * max(width, height)
 
 
-#: What PIL raises for a file that is no usable image: not an image, truncated or corrupt pixels, or more pixels
-#: than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS x 2).
-UNUSABLE_IMAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
 def _inspect(path: Path) -> tuple[int, int, str]:
-    """Width, height and PIL mode of an image file, its pixels decoded once so that a damaged body is found when
-    the data set is built, before training (ImageFileError naming the file otherwise)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.width, image.height, image.mode
-    except UNUSABLE_IMAGE as error:
-        raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
-
-
-def _reason(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    """Width, height and PIL mode of an image file, its pixels decoded and made 8-bit once so that a damaged body
+    or unusable pixels are found when the data set is built, before training (ImageFileError naming the file)."""
+    with open_image(path) as image:
+        to_8bit(image, None, path)
+        return image.width, image.height, image.mode
 
 
 def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -108,26 +89,14 @@ def _to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
 
 
-def open_image(path: Path) -> Image.Image:
-    """The image in ``path`` with its pixels decoded; ImageFileError naming the file when it is not an image, is
-    truncated or corrupt, or has more pixels than PIL's decompression-bomb limit."""
-    try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except UNUSABLE_IMAGE as error:
-        raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
-
-
 def image_tensor(image: Image.Image, size: int, mode: str, path: Path) -> torch.Tensor:
-    """``image`` converted to ``mode`` (RGB or L) and resized as every training image is (:func:`_to_tensor`);
-    ImageFileError naming ``path`` when the conversion fails."""
+    """``image`` made 8-bit ``mode`` (RGB or L, :func:`iiae.data.image_modes.to_8bit`) and resized as every
+    training image is (:func:`_to_tensor`); ImageFileError naming ``path`` when that fails."""
+    image = to_8bit(image, mode, path)
     try:
-        if image.mode != mode:
-            image = image.convert(mode)
         return _to_tensor(image, size)
     except (OSError, ValueError) as error:
-        raise ImageFileError(f"image file {path} cannot be decoded ({_reason(error)})") from None
+        raise ImageFileError(f"image file {path} cannot be decoded ({reason(error)})") from None
 
 
 @dataclass(frozen=True)
@@ -192,7 +161,8 @@ class PairedImageFolder(Dataset):
         half = image.width // 2
         left = (domain == 0) == pair.x_is_left
         box = (0, 0, half, image.height) if left else (half, 0, 2 * half, image.height)
-        return self._convert(image.crop(box), domain, pair.x_path)
+        whole = to_8bit(image, self.modes[domain], pair.x_path)  # the whole file's range scales both halves
+        return self._convert(whole.crop(box), domain, pair.x_path)
 
     def _convert(self, image: Image.Image, domain: int, path: Path) -> torch.Tensor:
         return image_tensor(image, self.size, self.modes[domain], path)
@@ -317,7 +287,7 @@ def scan_two_folder_split(folder: Path, size: int, x_channels: int = 3, y_channe
         LOG.warning("iiae: skipped %s", message)
     problems, converted, pairs = _Problems(folder, skip_bad), {}, []
     target = (image_mode(x_channels), image_mode(y_channels))
-    common = sorted(set(x_files) & set(y_files), key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+    common = sorted(set(x_files) & set(y_files), key=lambda s: (0, int(s), s) if is_number(s) else (1, 0, s))
     for stem in common:
         headers = []
         for path in (x_files[stem], y_files[stem]):

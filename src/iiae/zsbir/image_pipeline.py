@@ -14,9 +14,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from iiae.data.image_modes import read_8bit
 from iiae.errors import ConfigError, DataError
 from iiae.zsbir.efficientnet import normalise_pixels
 
@@ -86,16 +87,14 @@ def edge_map(image: Image.Image) -> Image.Image:
 
 
 def decode_image(path: str | Path, size: int, resample: str, edges: bool = False) -> np.ndarray:
-    """uint8 [3, size, size] RGB (greyscale repeated over the channels; an edge map when ``edges``).
-    DataError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if edges:
-                image = edge_map(image)
-            resized = image.resize((size, size), RESAMPLING[resample])
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"image {path} cannot be read: {error}") from None
+    """uint8 [3, size, size] RGB (greyscale repeated over the channels; an edge map when ``edges``), the file read
+    as every user image is (:func:`iiae.data.image_modes.read_8bit`: any PIL mode, 16-bit and float scaled by
+    their range). :class:`~iiae.data.image_modes.ImageFileError` (a DataError) naming the file when it cannot be
+    read."""
+    image = read_8bit(path, "RGB")
+    if edges:
+        image = edge_map(image)
+    resized = image.resize((size, size), RESAMPLING[resample])
     return np.asarray(resized).transpose(2, 0, 1)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from iiae.atomic import atomic_write, atomic_write_text
+from iiae.data.image_modes import read_8bit
 from iiae.run_files import REPORT
 from iiae.runs.report import config_section
 from iiae.zsbir.config import ZSConfig
@@ -36,8 +37,7 @@ Border = tuple[int, int, int] | None  # a tile's frame colour; None: white
 
 
 def _tile(path: Path, border: Border) -> Image.Image:
-    with Image.open(path) as image:
-        tile = image.convert("RGB").resize((TILE - 2 * BORDER, TILE - 2 * BORDER), Image.BILINEAR)
+    tile = read_8bit(path, "RGB").resize((TILE - 2 * BORDER, TILE - 2 * BORDER), Image.BILINEAR)
     framed = Image.new("RGB", (TILE, TILE), border or (255, 255, 255))
     framed.paste(tile, (BORDER, BORDER))
     return framed
