@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -74,8 +76,15 @@ def test_a_damaged_cache_file_is_retrained(digits, tmp_path):
     train, _ = digits
     first = load_or_train_classifier(train.x[:64], train.labels[:64], tmp_path, ClassifierSettings(epochs=1))
     first.path.write_bytes(first.path.read_bytes()[:100])
-    with pytest.warns(UserWarning, match="unreadable classifier cache"):
+    notices = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notices.append(record.getMessage())
+    logging.getLogger("iiae.cache").addHandler(handler)
+    try:
         again = load_or_train_classifier(train.x[:64], train.labels[:64], tmp_path, ClassifierSettings(epochs=1))
+    finally:
+        logging.getLogger("iiae.cache").removeHandler(handler)
+    assert len(notices) == 1 and f"cache {first.path} was damaged" in notices[0] and "rebuilding" in notices[0]
     assert not again.from_cache and again.key == first.key
     assert load_or_train_classifier(train.x[:64], train.labels[:64], tmp_path, ClassifierSettings(epochs=1)).from_cache
 

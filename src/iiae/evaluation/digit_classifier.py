@@ -15,7 +15,10 @@ pairs only (a few seconds: 12 epochs of a three-layer CNN), with a fixed seed, a
 that hashes those images, their labels and every training setting, so it is trained once per dataset.
 
 Cache folder: ``cache_dir`` argument, else ``$IIAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/iiae``, else
-``~/.cache/iiae``. Files are ``digit-classifier-<key>.safetensors``; nothing is unpickled.
+``~/.cache/iiae``. Files are ``digit-classifier-<key>.safetensors``; nothing is unpickled. A cache file is checked
+before its weights are used (its safetensors header against the file, the network's tensor names and shapes, finite
+values: :func:`iiae.readers.load_safetensors`); one that fails is retrained with one notice
+(:func:`iiae.cache.damaged`), one of other training data (another key) is simply retrained.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from torch import nn
 from torch.nn.functional import cross_entropy, interpolate
 
 from iiae.atomic import atomic_write_bytes
-from iiae.cache import cache_root
+from iiae.cache import CacheDamaged, cache_root, damaged
+from iiae.readers import load_safetensors, safetensors_header
 
 MAP_SIDE = 32  # digit maps are resized to this side before classification
 CLASS_COUNT = 10
@@ -178,20 +182,26 @@ def train_network(maps: torch.Tensor, labels: torch.Tensor, settings: Classifier
 
 
 def _load_cached(path: Path, key: str) -> nn.Module | None:
-    """The cached network at ``path`` if it is readable and was trained under ``key``; None otherwise."""
-    if not path.is_file():
+    """The cached network at ``path`` if it was trained under ``key`` and passes every check; None otherwise:
+    absent or another key (a miss), or damaged (its header does not fit the file, other tensor names or shapes
+    than the network's, NaN or infinite weights: one notice, :func:`iiae.cache.damaged`)."""
+    if not path.exists() and not path.is_symlink():
         return None
+    network = build_network()
+    expected = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
     try:
+        header = safetensors_header(path, "cache file", CacheDamaged)  # the file fits its header: metadata next
         with safe_open(str(path), framework="pt") as opened:
             if (opened.metadata() or {}).get("key") != key:
                 return None
-            state = {name: opened.get_tensor(name) for name in opened.keys()}
-        network = build_network()
-        network.load_state_dict(state)
-        return network
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        warnings.warn(f"ignoring unreadable classifier cache file {path} ({error}); retraining", stacklevel=2)
+        stored = sorted({dtype for dtype, _ in header.values()})
+        if stored != ["F32"]:
+            raise CacheDamaged(f"its tensors are {stored}, expected F32")
+        network.load_state_dict(load_safetensors(path, expected, "cache file", CacheDamaged))
+    except (CacheDamaged, SafetensorError, OSError, RuntimeError, ValueError) as failure:  # CacheDamaged: checks
+        damaged(path, failure)
         return None
+    return network
 
 
 def _save_cached(network: nn.Module, path: Path, key: str) -> bool:

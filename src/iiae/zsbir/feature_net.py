@@ -14,8 +14,11 @@ The paper feeds IIAE 512-d VGG-16 features. Backbones (``feature_net.backbone``)
 Files are decoded in DataLoader worker processes (:mod:`iiae.zsbir.image_pipeline`) and embedded by a
 :class:`~iiae.zsbir.feature_extractor.FeatureExtractor`, which :func:`image_features` returns so that new images
 can be embedded identically. Features are cached; the key covers the backbone, its weight hash, the
-preprocessing and the file list (relative paths and sizes), and, only when weights are trained here, the
-training settings and the unseen classes: frozen ImageNet features are shared by every split.
+preprocessing and the files (relative paths, sizes and the sha256 of their bytes: :func:`iiae.cache.file_listing`),
+and, only when weights are trained here, the training settings and the unseen classes: frozen ImageNet features
+are shared by every split. A cache file is checked before it is used (its key, the arrays' headers against the
+image counts, finite values, the sha256 of the cached extractor's weights, finite weights); one that fails is
+rebuilt with one notice (:func:`iiae.cache.damaged`).
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import torch
 from torch import nn
 
 from iiae.atomic import atomic_folder, atomic_write
-from iiae.cache import cache_root
-from iiae.errors import ConfigError
+from iiae.cache import CacheDamaged, cache_root, damaged, file_listing, file_sha256, read_npz
+from iiae.errors import CheckpointError, ConfigError
+from iiae.readers import parse_json
 from iiae.zsbir import efficientnet, pretrained_features
 from iiae.zsbir.backbones import SmallCNN, TorchvisionFeatures
 from iiae.zsbir.config import FeatureNetConfig
-from iiae.zsbir.feature_extractor import CONFIG_FILE, FeatureExtractor
+from iiae.zsbir.feature_extractor import CONFIG_FILE, WEIGHTS_FILE, FeatureExtractor
 from iiae.zsbir.features import FeatureSet, ImageList
 from iiae.zsbir.image_pipeline import (
     Preprocessing,
@@ -163,13 +167,9 @@ def default_cache_dir() -> Path:
 
 
 def _file_list_digest(root: Path, photos: ImageList, sketches: ImageList) -> str:
-    """sha256 of every image's path relative to ``root`` and its size in bytes, photos then sketches."""
-    digest = hashlib.sha256()
-    for domain, images in (("photo", photos), ("sketch", sketches)):
-        digest.update(f"[{domain}]\n".encode())
-        for path in images.paths:
-            digest.update(f"{path.relative_to(root)}\t{path.stat().st_size}\n".encode())
-    return digest.hexdigest()
+    """sha256 of every image's path relative to ``root``, size and sha256 of its bytes, photos then sketches."""
+    listing = {"photo": file_listing(root, photos.paths, "photo"), "sketch": file_listing(root, sketches.paths, "sketch")}
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def cache_key(root: Path, photos: ImageList, sketches: ImageList, unseen: list[str], config: FeatureNetConfig,
@@ -183,14 +183,69 @@ def cache_key(root: Path, photos: ImageList, sketches: ImageList, unseen: list[s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _write_cache(path: Path, extractor_dir: Path, sketch: np.ndarray, photo: np.ndarray, info: dict,
+def _write_cache(path: Path, extractor_dir: Path, key: str, sketch: np.ndarray, photo: np.ndarray, info: dict,
                  extractor: FeatureExtractor) -> None:
-    """The trained extractor (if any) and then the features, each appearing whole (:mod:`iiae.atomic`)."""
+    """The trained extractor (if any) and then the features with their key and the sha256 of the extractor's
+    weights (binding the two), each appearing whole (:mod:`iiae.atomic`)."""
+    weights_sha256 = ""
     if extractor.trained:
         shutil.rmtree(extractor_dir, ignore_errors=True)  # an older entry of the same key: replaced
         with atomic_folder(extractor_dir) as staging:
             extractor.save(staging)
-    atomic_write(path, lambda file: np.savez(file, sketch=sketch, photo=photo, info=np.asarray(json.dumps(info))))
+            weights_sha256 = file_sha256(Path(staging) / WEIGHTS_FILE)
+    arrays = {"key": np.asarray(key), "sketch": sketch, "photo": photo, "info": np.asarray(json.dumps(info)),
+              "extractor_sha256": np.asarray(weights_sha256)}
+    atomic_write(path, lambda file: np.savez(file, **arrays))
+
+
+def _read_cache(path: Path, extractor_dir: Path, key: str, photos: ImageList, sketches: ImageList,
+                config: FeatureNetConfig, choice: BackboneChoice, device: str
+                ) -> tuple[np.ndarray, np.ndarray, dict, FeatureExtractor] | None:
+    """(sketch features, photo features, info, extractor) from the cache, or None: absent, another key, or
+    failing a check (then one notice: :func:`iiae.cache.damaged`). The arrays' headers are checked against the
+    image counts before they are read, their values and the cached extractor's weights must be finite, and the
+    extractor's weights file must be the one the features were computed with."""
+    if not path.is_file() or (choice.trained and not (extractor_dir / CONFIG_FILE).is_file()):
+        return None
+    text = ((), "U")
+    try:
+        if str(read_npz(path, {"key": text}, "cache file", CacheDamaged, stored=True)["key"]) != key:
+            return None
+        data = read_npz(path, {"key": text, "info": text, "extractor_sha256": text,
+                               "sketch": ((len(sketches.paths), None), "f"), "photo": ((len(photos.paths), None), "f")},
+                        "cache file", CacheDamaged, finite=True, exact=True, stored=True)  # fmt: skip
+        sketch, photo = data["sketch"], data["photo"]
+        if sketch.shape[1] != photo.shape[1] or sketch.shape[1] == 0:
+            raise CacheDamaged(f"its sketch and photo features have {sketch.shape[1]} and {photo.shape[1]} columns")
+        info = parse_json(str(data["info"]), "its description", CacheDamaged)
+        if not isinstance(info, dict):
+            raise CacheDamaged("its description is not a JSON object")
+        extractor = _cached_extractor(extractor_dir, str(data["extractor_sha256"]), config, choice, device)
+        if extractor.feature_dim() != sketch.shape[1]:
+            raise CacheDamaged(f"it holds {sketch.shape[1]}-d features; the extractor gives {extractor.feature_dim()}")
+    except CacheDamaged as failure:
+        damaged(path, failure)
+        return None
+    return sketch, photo, info, extractor
+
+
+def _cached_extractor(extractor_dir: Path, weights_sha256: str, config: FeatureNetConfig, choice: BackboneChoice,
+                      device: str) -> FeatureExtractor:
+    """The extractor the cached features were computed with; CacheDamaged when its trained weights are not the
+    file recorded with the features, cannot be loaded, or hold NaN or infinite values."""
+    if not choice.trained:
+        return _pretrained_extractor(choice, config, device)
+    weights = extractor_dir / WEIGHTS_FILE
+    if file_sha256(weights, "cached extractor weights", CacheDamaged) != weights_sha256:
+        raise CacheDamaged(f"the extractor weights {weights} are not those the features were computed with")
+    try:
+        extractor = FeatureExtractor.load(extractor_dir, device=device, workers=config.workers)
+    except CheckpointError as failure:
+        raise CacheDamaged(f"its extractor cannot be loaded ({failure})") from None
+    for name, tensor in extractor.network.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CacheDamaged(f"its extractor's tensor {name} holds NaN or infinite values")
+    return extractor
 
 
 # ------------------------------------------------------------------------------------------ feature stage
@@ -208,14 +263,9 @@ def image_features(root: str | Path, photos: ImageList, sketches: ImageList, uns
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     key = cache_key(root, photos, sketches, unseen, config, choice)
     path, extractor_dir = cache / f"features-{key}.npz", cache / f"extractor-{key}"
-    if path.is_file() and (not choice.trained or (extractor_dir / CONFIG_FILE).is_file()):
-        with np.load(path, allow_pickle=False) as data:
-            info = json.loads(str(data["info"]))
-            sketch_features, photo_features = data["sketch"], data["photo"]
-        if choice.trained:
-            extractor = FeatureExtractor.load(extractor_dir, device=device, workers=config.workers)
-        else:
-            extractor = _pretrained_extractor(choice, config, device)
+    cached = _read_cache(path, extractor_dir, key, photos, sketches, config, choice, device)
+    if cached is not None:
+        sketch_features, photo_features, info, extractor = cached
         info["cached"] = str(path)
         log(f"features: cached {path}")
     else:
@@ -225,7 +275,7 @@ def image_features(root: str | Path, photos: ImageList, sketches: ImageList, uns
                 "weights_sha256": choice.weights_sha256, "preprocessing": choice.preprocessing.to_dict(),
                 "fine_tune_blocks": config.fine_tune_blocks if choice.name == "efficientnet_lite0" else 0,
                 "feature_dim": int(sketch_features.shape[1]), "trained_on_classes": extractor.trained_on_classes}
-        _write_cache(path, extractor_dir, sketch_features, photo_features, info, extractor)
+        _write_cache(path, extractor_dir, key, sketch_features, photo_features, info, extractor)
         info["cached"] = f"written {path}"
     info["unseen"] = sorted(unseen)
     rel = lambda items: np.asarray([str(p.relative_to(root)) for p in items.paths], dtype=str)  # noqa: E731

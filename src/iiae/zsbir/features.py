@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from iiae.cache import read_npy, read_npz
 from iiae.errors import DataError
+from iiae.readers import read_text
 
 BUNDLED_SPLITS = {"sem_pcyc_25": "sketchy_sem_pcyc_25.txt", "yelamarthi_21": "sketchy_yelamarthi_21.txt"}
 OFFICIAL_SETS = ("train_sketch", "train_image", "test_sketch", "test_image")
@@ -84,14 +86,11 @@ def checked_features(features: np.ndarray, count: int | None, where: str) -> np.
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    if not path.is_file():
+    """The array of a user's .npy file, its header checked against the file's size before anything is allocated
+    (:func:`iiae.cache.read_npy`); DataError naming the file for a missing, damaged or pickled (object) array."""
+    if not path.exists():
         raise DataError(f"feature file {path} is missing")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as error:  # object arrays need pickle, which we never load
-        raise DataError(f"{path}: cannot read without pickle ({error}); save paths/labels as a str array") from None
-    except (OSError, EOFError) as error:
-        raise DataError(f"{path} is not a readable .npy file: {error}") from None
+    return read_npy(path, None, "feature file", DataError)
 
 
 def class_of_path(path: str) -> str:
@@ -143,15 +142,9 @@ def load_plain_features(root: str | Path) -> dict[str, FeatureSet]:
     sets = {}
     for domain in ("sketch", "image"):
         archive = root / f"{domain}.npz"
-        if archive.is_file():
-            try:
-                with np.load(archive, allow_pickle=False) as data:
-                    if "features" not in data or "labels" not in data:
-                        raise DataError(f"{archive} must hold arrays 'features' and 'labels', has {list(data)}")
-                    features, labels = data["features"], data["labels"]
-            except (ValueError, OSError, EOFError) as error:
-                raise DataError(f"{archive} is not a readable .npz without pickle: {error}") from None
-            where = str(archive)
+        if archive.exists():
+            data = read_npz(archive, {"features": None, "labels": None}, "feature file", DataError)
+            features, labels, where = data["features"], data["labels"], str(archive)
         else:
             features = _load_npy(root / f"{domain}_features.npy")
             labels = _load_npy(root / f"{domain}_labels.npy")
@@ -165,11 +158,10 @@ def load_plain_features(root: str | Path) -> dict[str, FeatureSet]:
 
 # ------------------------------------------------------------------------------------------- class splits
 def read_class_list(path: str | Path) -> list[str]:
-    """Class names, one per line; blank lines and ``#`` comments are ignored."""
+    """Class names, one per line; blank lines and ``#`` comments are ignored. DataError naming the file when it is
+    missing, not a regular file, over 1 MiB or not UTF-8 (:func:`iiae.readers.read_text`)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"class list {path} does not exist")
-    names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.split("#", 1)[0].strip() for line in read_text(path, 1 << 20, "class list").splitlines()]
     names = [name for name in names if name]
     if not names:
         raise DataError(f"class list {path} names no class")
