@@ -58,15 +58,17 @@ def test_bad_mat_files_are_named(tmp_path, damage, fragment):
 
 
 def test_train_on_cars_through_the_cli(tmp_path, capsys):
+    data = tmp_path / "cars"  # the runs go beside the data, never inside it (iiae.outputs)
+    data.mkdir()
     for number in (1, 2, 3, 192, 193):
-        write_car(tmp_path, number, side=16)
+        write_car(data, number, side=16)
     out = tmp_path / "run"
-    argv = ["train", "--config", "cars", "--data-root", str(tmp_path), "--out", str(out), "--steps", "2",
+    argv = ["train", "--config", "cars", "--data-root", str(data), "--out", str(out), "--steps", "2",
             "--batch-size", "4", "--no-progress", "--set", "model.image_size=16", "--set", "data.num_workers=0",
             "--set", "data.cars_y_views=[1, 2]", "--set", "data.validation_fraction=0.0"]  # fmt: skip
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_pairs"] == 3 * 4 * 2 and metrics["test_pairs"] == 2 * 4
-    (tmp_path / "car_192_mesh.mat").write_bytes(b"broken")
+    (data / "car_192_mesh.mat").write_bytes(b"broken")
     assert main([*argv[:6], str(tmp_path / "run2"), *argv[7:]]) == 2
     assert "car_192_mesh.mat" in capsys.readouterr().err

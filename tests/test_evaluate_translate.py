@@ -124,7 +124,7 @@ def test_missing_and_truncated_checkpoints(run, tmp_path, capsys):
     shutil.copytree(out / "model", model)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    _expect_error(capsys, ["evaluate", str(model)], "model.safetensors", "not a readable safetensors file")
+    _expect_error(capsys, ["evaluate", str(model)], "model.safetensors", "is not a safetensors file")
     (tmp_path / "empty").mkdir()
     _expect_error(capsys, ["evaluate", str(tmp_path / "empty")], "neither a run folder nor a model folder")
 

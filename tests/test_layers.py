@@ -24,7 +24,8 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
-    "base": ("iiae.errors", "iiae.atomic", "iiae.cache", "iiae.run_files", "iiae.version"),
+    "base": ("iiae.errors", "iiae.atomic", "iiae.cache", "iiae.run_files", "iiae.version", "iiae.readers",
+             "iiae.outputs"),
     "core": ("iiae.core",),
     "data": ("iiae.data",),
     "evaluation": ("iiae.evaluation",),

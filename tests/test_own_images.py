@@ -196,7 +196,11 @@ def test_a_cache_hit_gives_identical_results_and_encodes_nothing(tmp_path, monke
     assert second.matches == first.matches  # paths and float scores, exactly
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
-    os.utime(tmp_path / "gallery" / "2.png", ns=(1, 1))  # a changed file: encoded again, under another key
+    os.utime(tmp_path / "gallery" / "2.png", ns=(1, 1))  # a new timestamp, the same bytes: still a hit
+    reads.clear()
+    assert retrieve().cached and reads == [1]
+    noise_images(tmp_path / "other", 3, seed=5)[2].replace(tmp_path / "gallery" / "2.png")  # other bytes
+    os.utime(tmp_path / "gallery" / "2.png", ns=(1, 1))  # ... under the same timestamp: encoded again
     reads.clear()
     assert not retrieve().cached and reads == [1, 9]
     assert not retrieve(query_domain="x").cached  # codes of the other encoder

@@ -122,16 +122,10 @@ def test_torchvision_backbone_without_torchvision_is_a_config_error(monkeypatch)
 
 
 def test_train_on_plain_features_through_the_cli(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(5, 12))
-    labels = np.repeat(np.array(["a", "b", "c", "d", "e"]), 6)
-    for domain, shift in (("sketch", 0.0), ("image", 1.0)):
-        features = centres[np.repeat(np.arange(5), 6)] + shift + 0.1 * rng.normal(size=(30, 12))
-        np.savez(tmp_path / f"{domain}.npz", features=features.astype(np.float32), labels=labels)
-    (tmp_path / "unseen.txt").write_text("d\ne\n")
+    data = plain_features(tmp_path / "features")  # the run goes beside the data, never inside it (iiae.outputs)
     run = tmp_path / "run"
-    status = main(["zs-sbir", "train", "--data-source", "plain", "--data-root", str(tmp_path), "--unseen",
-                   str(tmp_path / "unseen.txt"), "--steps", "3", "--set", "evaluation.ks=[5]", "--out", str(run),
+    status = main(["zs-sbir", "train", "--data-source", "plain", "--data-root", str(data), "--unseen",
+                   str(data / "unseen.txt"), "--steps", "3", "--set", "evaluation.ks=[5]", "--out", str(run),
                    "--no-progress"])
     assert status == 0, capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
@@ -142,7 +136,8 @@ def test_train_on_plain_features_through_the_cli(tmp_path, capsys):
 
 
 def plain_features(folder, dim: int = 12):
-    """sketch.npz and image.npz: 5 classes x 6 feature vectors (2 unseen, in unseen.txt)."""
+    """sketch.npz and image.npz: 5 classes x 6 feature vectors (2 unseen, in unseen.txt), in a new ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(5, dim))
     labels = np.repeat(np.array(["a", "b", "c", "d", "e"]), 6)
@@ -160,7 +155,7 @@ def plain_args(folder, steps: int) -> list[str]:
 
 
 def test_a_zero_shot_run_is_a_pipeline_run_with_checkpoints_and_resume_refuses_a_finished_one(tmp_path, capsys):
-    features = plain_features(tmp_path)
+    features = plain_features(tmp_path / "features")
     run = tmp_path / "run"
     assert main(["zs-sbir", "train", *plain_args(features, 4), "--out", str(run)]) == 0
     capsys.readouterr()
@@ -196,7 +191,7 @@ def test_sigkill_then_resume_of_a_zero_shot_run_is_bit_identical(tmp_path):
 
     from iiae.engine.checkpoint_files import load_checkpoint
 
-    features, steps = plain_features(tmp_path), 16
+    features, steps = plain_features(tmp_path / "features"), 16
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert run_cli(["zs-sbir", "train", *plain_args(features, steps), "--out", str(reference)]).returncode == 0
     process = start_cli(SLOW_CLI, ["zs-sbir", "train", *plain_args(features, steps), "--out", str(killed)],

@@ -95,10 +95,20 @@ def test_retrieve_ranks_like_the_run_draws_a_panel_and_embeds_the_gallery_once(t
     assert calls == [(1, "sketch")]  # the gallery came from the cache
     assert printed_results(capsys.readouterr().out) == printed
 
-    os.utime(images(gallery, ".jpg")[0], ns=(1, 1))  # a changed gallery file is embedded again
+    first, second = images(gallery, ".jpg")[:2]
+    os.utime(first, ns=(1, 1))  # a new timestamp, the same bytes: still cached
     calls.clear()
     assert main(argv) == 0
-    assert calls == [(1, "sketch"), (18, "photo")]
+    assert calls == [(1, "sketch")]
+    original = first.read_bytes()
+    try:
+        shutil.copyfile(second, first)  # other bytes
+        os.utime(first, ns=(1, 1))  # ... under the same timestamp: the gallery is embedded again
+        calls.clear()
+        assert main(argv) == 0
+        assert calls == [(1, "sketch"), (18, "photo")]
+    finally:
+        first.write_bytes(original)  # the module's run and images are shared by the other tests
 
 
 def test_photo_query_against_sketches_returns_the_whole_gallery_when_top_exceeds_it(tiny_run, tmp_path, capsys,
@@ -141,8 +151,8 @@ def test_bad_inputs_give_one_line_and_write_nothing(tiny_run, tmp_path, capsys):
     fails(tmp_path / "not_a_run", query, gallery, f"{tmp_path / 'not_a_run'} is not a zs-sbir run folder")
     fails(precomputed, query, gallery, str(precomputed), "precomputed features", "needs a run trained from images")
     fails(run, tmp_path / "missing.png", gallery, f"query image {tmp_path / 'missing.png'} does not exist")
-    fails(run, tmp_path / "notes.png", gallery, f"{tmp_path / 'notes.png'} cannot be read")
+    fails(run, tmp_path / "notes.png", gallery, f"{tmp_path / 'notes.png'} cannot be decoded")
     fails(run, query, tmp_path / "nowhere", f"gallery folder {tmp_path / 'nowhere'} does not exist")
     fails(run, query, tmp_path / "empty", f"gallery folder {tmp_path / 'empty'} holds no images")
-    fails(run, query, broken, f"{broken / 'fan' / 'zz_broken.jpg'} cannot be read")
+    fails(run, query, broken, f"{broken / 'fan' / 'zz_broken.jpg'} cannot be decoded")
     fails(run, query, gallery, "--top must be >= 1, got 0", extra=["--top", "0"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import traceback
@@ -27,7 +28,51 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
-def _fsync_folder(folder: Path) -> None:
+TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")  # what temporary_name() makes
+
+
+def _process_alive(pid: int, own_is_stale: bool = False) -> bool:
+    if pid == os.getpid():
+        return not own_is_stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists (another user's) or cannot be told: leave its files
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = False, every: bool = False,
+                             own_are_stale: bool = False) -> list[Path]:  # fmt: skip
+    """Remove the temporary files and staging folders (:func:`temporary_name`) that a killed process left in
+    ``folder`` (and its sub-folders with ``recursive``); those of a process still running are kept, unless
+    ``every``. ``own_are_stale``: those named with this process's id are stale too (a run that has just taken
+    its folder's lock has written nothing yet; a killed run in a restarted container may have had the same id),
+    while those of other live processes (an ``iiae evaluate`` writing the run's metrics) are kept. Returns what
+    was removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"))
+    except OSError:
+        return removed
+    for path in entries:
+        match = TEMPORARY_NAME.match(path.name)
+        if match is None or (not every and _process_alive(int(match.group(1)), own_are_stale)):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def fsync_folder(folder: Path) -> None:
     """Make a rename inside ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
     try:
         handle = os.open(folder, os.O_RDONLY)
@@ -61,7 +106,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         if cause is not None and cause.filename is None:  # e.g. torch.save's RuntimeError over a full disk
             raise OSError(cause.errno, cause.strerror, str(path)) from error
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
     return path
 
 
@@ -110,7 +155,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 

@@ -7,7 +7,6 @@ these into one line on stderr and a non-zero exit status; anything else is a bug
 
 from __future__ import annotations
 
-
 MESSAGE_LIMIT = 1000  # characters of an error message; a longer one (it quotes a huge value) is cut in the middle
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from iiae.atomic import remove_stale_temporaries
 from iiae.cli.options import build_config
 from iiae.data.export import check_export_folder, export_cdcb
 from iiae.errors import ConfigError
+from iiae.outputs import check_output
 
 EXPORTABLE = {"mnist-cdcb": "mnist_cdcb", "fashion-mnist-cdcb": "fashion_mnist_cdcb"}  # name -> bundled config
 
@@ -21,11 +23,14 @@ def _command_export(args: argparse.Namespace) -> int:
     from iiae.core.config import resolve_config
 
     out = Path(args.out)
-    check_export_folder(out)
     config = build_config(args, resolve_config(args.config or EXPORTABLE[args.dataset]))
     if config.data.dataset not in EXPORTABLE.values():
         raise ConfigError(f"iiae data export writes MNIST-CDCB configs; {args.config} has data.dataset "
                           f"{config.data.dataset!r}")  # fmt: skip
+    inputs = [Path(args.config)] if args.config and Path(args.config).exists() else []
+    check_output(out, inputs + ([Path(config.data.root)] if config.data.root else []), folder=True)
+    check_export_folder(out)
+    remove_stale_temporaries(out.parent)  # what an export that was killed left beside it (dead processes only)
     counts = export_cdcb(config, out, args.size, args.format, args.limit)
     layout = "X|Y side by side" if args.format == "ab" else "X/ and Y/ folders"
     print(f"wrote {counts['train']} train and {counts['test']} test pairs of {args.dataset} ({layout}, "
@@ -36,6 +41,7 @@ def _command_export(args: argparse.Namespace) -> int:
 def _command_download(args: argparse.Namespace) -> int:
     from iiae.data.download import EXPECTED_COUNTS, ensure_pix2pix_dataset
 
+    check_output(args.root, [args.archive] if args.archive else [], folder=True, what="--root")
     root = ensure_pix2pix_dataset(args.dataset, args.root, args.archive, args.known_hash)
     counts = ", ".join(f"{split}/ {count}" for split, count in EXPECTED_COUNTS[args.dataset].items())
     print(f"{args.dataset} is ready in {root} ({counts} images); train with --config {args.dataset} --data-root {root}")

@@ -17,24 +17,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
 from iiae.data.paired_images import IMAGE_SUFFIXES
 from iiae.errors import ConfigError, IIAEError, RunInterrupted
+from iiae.outputs import check_output, check_outputs
 from iiae.version import __version__
 from iiae.zsbir.cli import (  # iiae zs-sbir train|evaluate|retrieve
     add_retrieve_flags,
     add_zs_sbir_parser,
+    check_retrieval_outputs,
 )
 
 
 def _command_train(args: argparse.Namespace) -> int:
-    from iiae.runs.runner import summary, train_and_evaluate
-
     if args.resume is not None and (args.seeds is not None or args.sweep is not None):
         raise ConfigError("--resume continues one run: it cannot be combined with --seeds or --sweep")
     if (args.seeds is not None or args.sweep is not None) and (args.devices or 1) * (args.num_nodes or 1) > 1:
@@ -45,6 +46,8 @@ def _command_train(args: argparse.Namespace) -> int:
         config, out = build_config(args), args.out
     else:
         config, out = _resume_config(args)
+    from iiae.runs.runner import summary, train_and_evaluate  # checks --out (iiae.outputs) before any work
+
     metrics = train_and_evaluate(config, out, progress=not args.no_progress, resume=args.resume is not None)
     if metrics is not None:  # None: a DDP process other than 0 (process 0 prints)
         print(summary(metrics))
@@ -81,6 +84,26 @@ def _resume_config(args: argparse.Namespace):
     config = build_config(args, None if args.config else saved)
     check_resume_config(saved, config, run_dir)
     return config, run_dir
+
+
+def _config_inputs(args: argparse.Namespace, config: Any = None) -> list[Path]:
+    """The files and folders a command reads besides its model: the --config file and the data root (of
+    ``config`` when given, else --data-root). Never written by the command (iiae.outputs.check_output)."""
+    inputs = [Path(args.config)] if getattr(args, "config", None) and Path(args.config).exists() else []
+    root = config.data.root if config is not None else getattr(args, "data_root", None)
+    return inputs + ([Path(root)] if root else [])
+
+
+def _model_inputs(args: argparse.Namespace):
+    """(the model path located without loading it: iiae.runs.trained.ModelPath, every input the command reads)."""
+    from iiae.core.config import load_saved_config
+    from iiae.run_files import CONFIG
+    from iiae.runs.trained import locate_model
+
+    located = locate_model(args.model)
+    saved = located.run_dir / CONFIG if located.run_dir is not None else None
+    base = load_saved_config(saved) if saved is not None and not args.config else None
+    return located, located.inputs + _config_inputs(args, build_config(args, base))
 
 
 def _command_export(args: argparse.Namespace) -> int:
@@ -133,6 +156,10 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     if args.shift_split is not None and not args.shift_suite:
         raise ConfigError("--shift-split chooses the digits of the shift suite: give it with --shift-suite")
     shift_split = args.shift_split or "test"
+    located, inputs = _model_inputs(args)
+    target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
+    check_output(target or located.default_metrics_path(), inputs, owner=located.owner,
+                 what="--json" if args.json else "--out")  # fmt: skip
     trained, splits, config = _trained_and_test_pairs(args)
     table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
     print(format_retrieval_table(table))
@@ -145,7 +172,6 @@ def _command_evaluate(args: argparse.Namespace) -> int:
                                             config.train.eval_batch_size, args.shift_pairs, shift_split)  # fmt: skip
         print(f"shift suite on {shift_split} digits:")
         print(format_shift_suite(shift_suite))
-    target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
     path = target or trained.default_metrics_path()
     written = write_metrics(path, table, trained, len(splits.test), splits.source, measures, shift_suite,
                             SHIFT_SUITE_KEYS[shift_split])  # fmt: skip
@@ -160,6 +186,8 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 def _command_translate(args: argparse.Namespace) -> int:
     from iiae.errors import OutputError
     from iiae.evaluation.figures import save_figures
+    from iiae.outputs import staged_folder
+    from iiae.run_files import ANALOGY_FIGURE, TRANSLATION_FIGURE, TRAVERSAL_FIGURE
 
     if args.images is not None:
         return _translate_images(args)
@@ -171,10 +199,16 @@ def _command_translate(args: argparse.Namespace) -> int:
     count = 8 if args.count is None else args.count
     if count < 1:
         raise ConfigError(f"--count must be >= 1, got {count}")
+    located, inputs = _model_inputs(args)
+    names = [TRANSLATION_FIGURE, ANALOGY_FIGURE, TRAVERSAL_FIGURE]
+    check_output(out, inputs, owner=located.owner, folder=True)
+    check_outputs([out / name for name in names], inputs, owner=located.owner, what="--out")
     trained, splits, _ = _trained_and_test_pairs(args)
     x, y = splits.test.x[:count], splits.test.y[:count]
     try:
-        paths = save_figures(trained.model, x, y, out, seed=args.seed or 0)
+        with staged_folder(out, names) as staging:  # the three figures appear together or not at all
+            save_figures(trained.model, x, y, staging, seed=args.seed or 0)
+        paths = [out / name for name in names]
     except OSError as error:
         raise OutputError(f"cannot write figures into {out}: {error.strerror or error}") from None
     print("wrote " + ", ".join(str(path) for path in paths))
@@ -186,7 +220,7 @@ _DATA_SET_FLAGS = ("config", "data_source", "data_root", "set", "steps", "batch_
 
 def _translate_images(args: argparse.Namespace) -> int:
     """``iiae translate MODEL --images FILE ... --direction x-to-y|y-to-x``: one PNG per file (iiae.runs.own_images)."""
-    from iiae.runs.own_images import translate_images
+    from iiae.runs.own_images import check_direction, translate_images, translation_name
     from iiae.runs.trained import load_trained
 
     given = [name for name in _DATA_SET_FLAGS if getattr(args, name) is not None] + (["swap"] if args.swap else [])
@@ -195,9 +229,15 @@ def _translate_images(args: argparse.Namespace) -> int:
         raise ConfigError(f"{flag} applies to the data set figures; --images translates the files given")
     if args.direction is None:
         raise ConfigError("--images needs --direction x-to-y or y-to-x (the domain of the files, and the target)")
+    located, inputs = _model_inputs(args)
+    inputs += [*map(Path, args.images), *([Path(args.style)] if args.style else [])]
+    _, target_domain = check_direction(args.direction)
+    check_output(args.out, inputs, owner=located.owner, folder=True)
+    check_outputs([Path(args.out) / translation_name(path, target_domain) for path in args.images], inputs,
+                  owner=located.owner)  # fmt: skip
     trained = load_trained(args.model)
     paths = translate_images(trained.model, args.images, args.direction, args.out,
-                             seed=args.seed or 0, style=args.style)  # fmt: skip
+                             seed=args.seed or 0, style=args.style, owner=located.owner)  # fmt: skip
     target = args.direction[-1]
     code = f"z^{target} of {args.style}" if args.style else f"z^{target} from the prior, seed {args.seed or 0}"
     print(f"wrote {len(paths)} image(s) ({code}): " + ", ".join(str(path) for path in paths))
@@ -206,12 +246,14 @@ def _translate_images(args: argparse.Namespace) -> int:
 
 def _command_retrieve(args: argparse.Namespace) -> int:
     from iiae.runs.own_images import check_retrieval_arguments, retrieve_images
-    from iiae.runs.trained import load_trained
+    from iiae.runs.trained import load_trained, locate_model
 
     check_retrieval_arguments(args.top, args.query_domain, args.out)  # before the model is loaded
+    located = locate_model(args.model)
+    check_retrieval_outputs(args, located.inputs, located.owner)
     trained = load_trained(args.model)
     result = retrieve_images(trained.model, args.query, args.gallery, top=args.top, query_domain=args.query_domain,
-                             out=args.out, cache_dir=args.cache_dir)  # fmt: skip
+                             out=args.out, cache_dir=args.cache_dir, owner=located.owner)  # fmt: skip
     print("\n".join(result.lines()))
     print(f"wrote {result.panel} (the query, then the {len(result.matches)} nearest of {result.gallery_size}; "
           f"{result.measure} of the shared codes)")  # fmt: skip
@@ -319,8 +361,63 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def one_line(message: str) -> str:
-    """``message`` on one line: a line break inside it (a file name may hold one) is shown as ``\\n``."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+    """``message`` on one line: a line break inside it (a file name may hold one) is shown as ``\\n``, and the
+    bytes of a file name that is not UTF-8 as ``\\xff`` escapes (Python holds them as surrogates)."""
+    return escape_undecodable(message.replace("\r", "\\r").replace("\n", "\\n"))
+
+
+def escape_undecodable(text: str) -> str:
+    """``text`` with every byte of a file name that is not UTF-8 (Python holds it as a surrogate) as a ``\\xff``
+    escape, and any other character that UTF-8 cannot hold as ``\\udXXX``: printing it never fails."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Stdout:
+    """``sys.stdout`` while a command runs. A reader that went away (``iiae train ... | head -1``) ends the
+    output, not the work: the rest goes to os.devnull (as the Python docs advise for a broken pipe) and the
+    command finishes with its own status. A file name that is not UTF-8 is printed with backslash escapes
+    where the stream cannot encode it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.reader_gone = stream, False
+
+    def write(self, text: str) -> int:
+        if self.reader_gone:
+            return len(text)
+        try:
+            try:
+                return self.stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self.stream, "encoding", None) or "utf-8"
+                self.stream.write(escape_undecodable(text).encode(encoding, "backslashreplace").decode(encoding))
+                return len(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        self.reader_gone = True
+        try:  # what the stream still buffers is flushed to os.devnull at exit, without a second error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError):  # a stream without a file descriptor (tests): nothing is flushed later
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 # The loggers of Lightning's rank_zero_info notes. Their parents ("lightning.pytorch", ...) get their level set
@@ -356,8 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose - args.quiet)
     if args.quiet and hasattr(args, "no_progress"):
         args.no_progress = True
+    stdout = sys.stdout
+    if stdout is not None:
+        sys.stdout = _Stdout(stdout)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a reader that went away after the work is complete: no error (_Stdout)
+        return status
     except RunInterrupted as stop:  # SIGTERM / Ctrl-C: a checkpoint was written
         print(f"iiae: {stop}", file=sys.stderr)
         return stop.exit_status
@@ -371,13 +473,33 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {error.filename}" if error.filename else ""
         print(f"iiae: error: {one_line(f'{error.strerror or error}{where}')}", file=sys.stderr)
         return 2
+    except UnicodeError as error:  # a user's file or name that is not UTF-8 (readers name the file where they can)
+        print(f"iiae: error: {one_line(unicode_message(error))}", file=sys.stderr)
+        return 2
     except Exception as error:  # noqa: BLE001 - not a user mistake: a bug. One line; the traceback is kept
         saved = getattr(error, "iiae_error_log", None) or save_traceback(error)
         first = " ".join((str(error).strip().splitlines() or [""])[0].split())[:300]
         where = f"full traceback: {saved}" if saved else "its traceback could not be saved"
-        print(f"iiae: error: unexpected {type(error).__name__}: {first} (a bug in iiae, please report it; {where})",
-              file=sys.stderr)  # fmt: skip
+        print(one_line(f"iiae: error: unexpected {type(error).__name__}: {first} (a bug in iiae, please report it; "
+                       f"{where})"), file=sys.stderr)  # fmt: skip
         return 1
+    finally:
+        if stdout is not None:
+            try:
+                sys.stdout.flush()  # after an error too: a closed pipe never adds a second message
+            except (OSError, ValueError):
+                pass
+            sys.stdout = stdout
+
+
+def unicode_message(error: UnicodeError) -> str:
+    """One line for text that is not UTF-8 (or cannot be written as it): the bytes and where they were."""
+    if isinstance(error, (UnicodeDecodeError, UnicodeEncodeError)):
+        bad = error.object[error.start : min(error.end, error.start + 8)]
+        what = "a file or name holds text that is not valid UTF-8" if isinstance(error, UnicodeDecodeError) else (
+            f"text cannot be written as {error.encoding}")  # fmt: skip
+        return f"{what}: {bad!r} at position {error.start} ({error.reason}); save the file as UTF-8 text"
+    return f"text that is not valid Unicode: {' '.join(str(error).split())[:200]}"
 
 
 if __name__ == "__main__":

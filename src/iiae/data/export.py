@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from iiae.atomic import atomic_folder
 from iiae.core.config import ExperimentConfig
 from iiae.data.cdcb import CDCBDraws, cdcb_intensities, compose_cdcb, draw_cdcb
 from iiae.data.mnist import load_digits
@@ -76,7 +77,8 @@ def _render_cdcb(digits: np.ndarray, draws: CDCBDraws, size: int):
 
 def export_cdcb(config: ExperimentConfig, out: Path, size: int, layout: str, limit: int | None) -> dict[str, int]:
     """Write the train and test pairs of a CDCB config: colours and strokes exactly as training draws them
-    (:func:`iiae.data.splits.build_cdcb_splits`), rendered at ``size``."""
+    (:func:`iiae.data.splits.build_cdcb_splits`), rendered at ``size``. ``out`` (absent or empty) is filled in
+    a staging folder beside it and appears only once every image is written."""
     if not 1 <= size <= MAX_EXPORT_SIZE:
         raise ConfigError(f"--size must be in [1, {MAX_EXPORT_SIZE}] pixels, got {size}")
     if limit is not None and limit < 1:
@@ -87,11 +89,18 @@ def export_cdcb(config: ExperimentConfig, out: Path, size: int, layout: str, lim
     counts = {}
     train_seed, test_seed = cdcb_seeds(data)
     splits = (("train", digits.train_images, train_seed), ("test", digits.test_images, test_seed))
-    for split, images, seed in splits:
-        draws = draw_cdcb(len(images), seed, data.generator)  # all pairs' draws, as training draws them
-        images = images[:limit] if limit else images
-        written = 0
-        for x, y in _render_cdcb(images, draws.subset(slice(0, len(images))), size):
-            written += export_pairs(x, y, out / split, layout, first=written + 1)
-        counts[split] = written
+    staging = out
+    try:
+        with atomic_folder(out) as staging:
+            for split, images, seed in splits:
+                draws = draw_cdcb(len(images), seed, data.generator)  # all pairs' draws, as training draws them
+                images = images[:limit] if limit else images
+                written = 0
+                for x, y in _render_cdcb(images, draws.subset(slice(0, len(images))), size):
+                    written += export_pairs(x, y, staging / split, layout, first=written + 1)
+                counts[split] = written
+    except OutputError as error:  # name the folder the user asked for, not the staging folder (removed)
+        raise OutputError(str(error).replace(str(staging), str(out))) from None
+    except OSError as error:
+        raise OutputError(f"cannot write the export folder {out}: {error.strerror or error}") from None
     return counts

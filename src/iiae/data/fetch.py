@@ -10,6 +10,7 @@ it to the target, so a failed, interrupted or mismatching download leaves no fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import logging
 import re
@@ -28,6 +29,9 @@ DOWNLOAD_TIMEOUT_S = 60  # seconds without a byte from the server before an atte
 _CHUNK_BYTES = 1 << 20
 #: ``md5:<32 hex>``, ``sha1:<40>``, ``sha256:<64>`` (also without the prefix) or ``sha512:<128>``.
 _HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+#: Errors of the machine writing the download (a full disk, a read-only or forbidden folder), not of the network:
+#: said as they are, naming the file, never as a failed download to fetch by hand.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def check_known_hash(known_hash: str) -> str:
@@ -95,6 +99,8 @@ def fetch_file(url: str, target: Path, known_hash: str | None, retries: int | No
         with _pooch_notes_silenced():
             store.fetch(target.name, downloader=downloader)
     except (OSError, ValueError) as error:  # requests' errors are OSErrors; a hash mismatch is a ValueError
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            raise OSError(error.errno, error.strerror, str(target)) from None
         raise DataError(f"{url}: {' '.join(f'{type(error).__name__}: {error}'.split())}") from None
     if known_hash is None:
         LOG.info("iiae: %s has sha256 %s (no published checksum to check it against)", target.name, file_sha256(target))

@@ -20,8 +20,9 @@ input. Y->X likewise. One PNG of ``model.image_size`` pixels per input, ``<input
 image from the other domain's shared encoder, ranked by the squared L2 distance of the flattened codes, exactly as
 :mod:`iiae.evaluation.retrieval` ranks test pairs (float64, ties: gallery order). The gallery codes are cached
 (``gallery-<key>.npz`` in ``cache_dir``, default ``$IIAE_CACHE_DIR/gallery_codes``) under a key of the model's
-weights (sha256 of its tensors), the gallery's files (relative paths, sizes, modification times), the image size
-and channels and the encoder, so an unchanged gallery is encoded once and a cache hit gives identical results.
+weights (sha256 of its tensors), the gallery's files (relative paths, sizes, sha256 of their bytes: timestamps do
+not matter), the image size and channels and the encoder, so an unchanged gallery is encoded once and a cache hit
+gives identical results; a damaged cache file is re-encoded with one notice (:mod:`iiae.cache`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from iiae.data.image_files import (
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.evaluation.figures import check_panel_path, save_retrieval_panel
 from iiae.evaluation.retrieval import FileRetrieval, Match, rank_by_distance
+from iiae.outputs import check_output, check_outputs, staged_files
 
 Direction = Literal["x-to-y", "y-to-x"]
 Domain = Literal["x", "y"]
@@ -115,9 +117,12 @@ def translate_tensors(model: IIAE, inputs: torch.Tensor, direction: Direction, s
 
 
 def translate_images(model: IIAE, images: Sequence[str | Path], direction: Direction, out: str | Path,
-                     seed: int = 0, style: str | Path | None = None) -> list[Path]:  # fmt: skip
-    """Translate image files into ``out`` (a folder, created if needed): one ``<stem>_to_<target>.png`` per input,
-    each written atomically, none before every input (and the style image) has been read; the paths written."""
+                     seed: int = 0, style: str | Path | None = None, owner: str | Path | None = None
+                     ) -> list[Path]:  # fmt: skip
+    """Translate image files into ``out`` (a folder, created if needed): one ``<stem>_to_<target>.png`` per input.
+    No output may be an input (:func:`iiae.outputs.check_outputs`; ``owner``: the run or model folder whose own
+    outputs may be written); every output is computed before any is written, then all of them appear together
+    (:func:`iiae.outputs.staged_files`) or none. Returns the paths written."""
     source, target = check_direction(direction)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -126,6 +131,8 @@ def translate_images(model: IIAE, images: Sequence[str | Path], direction: Direc
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise ConfigError(f"several inputs would be written to {out / clashes[0]}: give inputs with different names")
+    sources = [*map(Path, images), *([Path(style)] if style is not None else [])]
+    targets = check_outputs([out / name for name in names], sources, owner=owner, what="--out")
     model = image_model(model)
     inputs = read_domain_images(model, images, source)
     style_image = None
@@ -133,7 +140,13 @@ def translate_images(model: IIAE, images: Sequence[str | Path], direction: Direc
         style_image = read_image(check_image_file(style, "style image"), model.config.image_size,
                                  channels(model, target))  # fmt: skip
     outputs = translate_tensors(model, inputs, direction, seed, style_image)
-    return [write_image(image, out / name) for image, name in zip(outputs, names)]
+    with staged_files(targets) as temporaries:
+        for image, temporary, name in zip(outputs, temporaries, names, strict=True):
+            try:
+                write_image(image, temporary)
+            except OutputError as error:  # name the output the user asked for, not the temporary file
+                raise OutputError(str(error).replace(str(temporary), str(out / name))) from None
+    return targets
 
 
 # -------------------------------------------------------------------------------------------------- retrieval
@@ -155,6 +168,12 @@ def model_fingerprint(model: IIAE) -> str:
     return digest.hexdigest()
 
 
+def code_size(model: IIAE, domain: Domain) -> int:
+    """Length of a flattened shared code of ``domain`` (one blank image encoded): the columns a cache must hold."""
+    blank = torch.zeros(1, channels(model, domain), model.config.image_size, model.config.image_size)
+    return int(encode_shared(model, blank, domain).shape[1])
+
+
 def default_cache_dir() -> Path:
     """``gallery_codes`` under the project's cache folder (:func:`iiae.cache.cache_root`)."""
     return cache_root() / "gallery_codes"
@@ -165,10 +184,10 @@ def gallery_codes(model: IIAE, root: Path, files: Sequence[Path], domain: Domain
     """(shared codes [N, D] of ``files`` as images of ``domain``, the cache file, whether it was read from there);
     the files are read and encoded only when no cache file matches (see the module docstring)."""
     size, count = model.config.image_size, len(files)
-    key = cache_key({"model_sha256": model_fingerprint(model), "files": file_listing(root, files),
+    key = cache_key({"model_sha256": model_fingerprint(model), "files": file_listing(root, files, "gallery file"),
                      "image_size": size, "channels": channels(model, domain), "encoder": f"r^{domain}"})  # fmt: skip
     path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"gallery-{key}.npz"
-    codes = read_cached_array(path, key, count)
+    codes = read_cached_array(path, key, count, code_size(model, domain))
     if codes is not None:
         log(f"gallery codes: cached {path}")
         return codes, path, True
@@ -193,11 +212,14 @@ def check_retrieval_arguments(top: int, query_domain: str, out: str | Path | Non
 
 def retrieve_images(model: IIAE, query: str | Path, gallery: str | Path, top: int = 10, query_domain: Domain = "x",
                     out: str | Path | None = "retrieval.png", cache_dir: str | Path | None = None,
-                    log: Log = print) -> FileRetrieval:  # fmt: skip
+                    log: Log = print, owner: str | Path | None = None) -> FileRetrieval:  # fmt: skip
     """Rank the images under ``gallery`` (any image files, recursively; the other domain) for the ``query`` image
-    of ``query_domain``, and draw the query and the ``top`` nearest into the PNG ``out`` (None: no panel). The
-    query and every gallery image are read before anything is written."""
+    of ``query_domain``, and draw the query and the ``top`` nearest into the PNG ``out`` (None: no panel; never
+    the query, a gallery file or inside another run or model folder than ``owner``: iiae.outputs). The query
+    and every gallery image are read before anything is written."""
     check_retrieval_arguments(top, query_domain, out)
+    if out is not None:
+        check_output(out, [query, gallery], owner=owner)
     model = image_model(model)
     query = check_image_file(query, "query image")
     root = Path(gallery)

@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from iiae.atomic import save_traceback
+from iiae.atomic import remove_stale_temporaries, save_traceback
 from iiae.core.config import ExperimentConfig, load_config
 from iiae.core.model import training_memory
 from iiae.engine.checkpoint_files import checkpoint_files, early_stopped_step, newest_checkpoint
@@ -70,7 +70,10 @@ class RunLock:
     (even on SIGKILL) and a crashed run never blocks its own resumption. The holder removes the lock file while
     it still holds the lock, so a finished run leaves none; a process that took the lock of a file removed that way
     sees the name gone and locks the new file instead.
-    ``new_run``: create the folder and refuse it if it holds anything but the lock file.
+    ``new_run``: create the folder and refuse it if it holds anything but the lock file. Once the lock is held,
+    the temporary files and staging folders that a killed run left (``.model.*.tmp/``, ``.metrics.json.*.tmp``,
+    checkpoint and figure temporaries: :func:`iiae.atomic.temporary_name`) are removed, whatever process wrote
+    them: nothing else writes the folder while its lock is held.
     """
 
     def __init__(self, folder: Path, new_run: bool) -> None:
@@ -102,6 +105,10 @@ class RunLock:
         if self.new_run and any(entry.name != LOCK for entry in self.folder.iterdir()):
             self.__exit__()
             raise OutputError(f"output folder {self.folder} is not empty; choose a new --out (runs are never mixed)")
+        # every temporary of a process that is gone (a killed run, a killed evaluate) or of this one (which has
+        # written nothing yet); another live process's (an evaluate writing metrics.json) is left alone
+        for stale in remove_stale_temporaries(self.folder, recursive=True, own_are_stale=True):
+            LOG.debug("iiae: removed %s, left by a run that did not finish", stale)
         return self
 
     def __exit__(self, exc_type: Any = None, error: BaseException | None = None, *_: Any) -> None:

@@ -60,6 +60,7 @@ from iiae.errors import OutputError
 from iiae.evaluation.figures import save_figures, save_loss_curves
 from iiae.evaluation.measures import run_measures
 from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
+from iiae.outputs import check_output
 from iiae.run_files import (
     CHECKPOINTS,
     CONFIG,
@@ -120,6 +121,9 @@ def train_and_evaluate(
     checkpoint_path = resumable_checkpoint(out_dir, config) if resume else None
     if rank > 0:  # DDP: process 0 creates, locks and writes the folder; the others only train
         return execute(image_job(config, build_splits(config)), out_dir, progress, checkpoint_path)
+    # never inside the data, nor another run's or model's folder (iiae.outputs); a resumed run writes its own
+    check_output(out_dir, [config.data.root] if config.data.root else [], owner=out_dir if resume else None,
+                 folder=True, what="--resume" if resume else "--out")  # fmt: skip
     if not resume:
         check_output_dir(out_dir)
     splits = build_splits(config)  # data.dataset picks the builder (iiae.data.datasets.DATASETS); errors before any file

@@ -27,6 +27,7 @@ from iiae.atomic import atomic_write_json, atomic_write_text
 from iiae.core.config import ExperimentConfig, config_from_dict, parse_yaml, set_by_path
 from iiae.errors import ConfigError
 from iiae.evaluation.measures import CODE_NAMES
+from iiae.outputs import check_output
 from iiae.run_files import SWEEP_SUMMARY, SWEEP_SUMMARY_MARKDOWN
 from iiae.runs.run_folder import check_output_dir, default_run_dir
 from iiae.runs.runner import train_and_evaluate
@@ -252,6 +253,7 @@ def run_sweep(
     """Plan, check, then train and evaluate every run; returns the summary (also written to ``out_dir``)."""
     train = train or train_and_evaluate
     out_dir = Path(out_dir) if out_dir is not None else default_run_dir(base)
+    check_output(out_dir, [base.data.root] if base.data.root else [], folder=True)  # not inside the data (iiae.outputs)
     check_output_dir(out_dir)
     runs = plan_runs(base, out_dir, seeds, sweep)
     seed_list = seeds if seeds is not None else [base.train.seed]

@@ -26,7 +26,7 @@ from iiae.core.config import (
     load_saved_config,
     saved_config_from_dict,
 )
-from iiae.core.model import CONFIG_FILE, IIAE
+from iiae.core.model import CONFIG_FILE, IIAE, WEIGHTS_FILE
 from iiae.engine.checkpoint_files import (
     check_checkpoint_matches,
     load_checkpoint,
@@ -49,14 +49,8 @@ class TrainedModel:
     step: int | None  # training step of a checkpoint (None for an exported model folder)
 
     def default_metrics_path(self) -> Path:
-        """Where ``iiae evaluate`` writes by default: the run's metrics.json for the run's exported model, else
-        ``metrics.json`` in the model folder, or ``<name>.metrics.json`` beside a checkpoint (never clobbering
-        the run's metrics with another checkpoint's)."""
-        if self.source.is_file():
-            return self.source.with_name(f"{self.source.stem}.metrics.json")
-        if self.run_dir is not None:
-            return self.run_dir / METRICS
-        return self.source / METRICS
+        """Where ``iiae evaluate`` writes by default (:meth:`ModelPath.default_metrics_path`)."""
+        return ModelPath(self.source, self.run_dir).default_metrics_path()
 
     def experiment_config(self, config: ExperimentConfig) -> ExperimentConfig:
         """``config`` with the loaded model's own architecture (the data must be built at the model's image size)."""
@@ -89,31 +83,69 @@ def _from_checkpoint(path: Path) -> TrainedModel:
     return TrainedModel(model.eval(), path, config, run_dir, int(checkpoint["global_step"]))
 
 
-def load_trained(path: str | Path) -> TrainedModel:
-    """Load a run folder, a model folder or a checkpoint file (see the module docstring)."""
+@dataclass(frozen=True)
+class ModelPath:
+    """What a model path names, found without reading a weight (for the output checks before any work)."""
+
+    source: Path  # the model folder or checkpoint file to read
+    run_dir: Path | None  # the run folder it belongs to
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files a command reads the model (and its run's config) from: never written by it."""
+        files = [self.source] if self.source.is_file() else [self.source / CONFIG_FILE, self.source / WEIGHTS_FILE]
+        return files + ([self.run_dir / CONFIG] if self.run_dir is not None else [])
+
+    def default_metrics_path(self) -> Path:
+        """Where ``iiae evaluate`` writes by default: the run's metrics.json for the run's exported model, else
+        ``metrics.json`` in the model folder, or ``<name>.metrics.json`` beside a checkpoint (never clobbering
+        the run's metrics with another checkpoint's)."""
+        if self.source.is_file():
+            return self.source.with_name(f"{self.source.stem}.metrics.json")
+        if self.run_dir is not None:
+            return self.run_dir / METRICS
+        return self.source / METRICS
+
+    @property
+    def owner(self) -> Path | None:
+        """The run folder or model folder whose own outputs (metrics.json, figures) a command may write."""
+        return self.run_dir if self.run_dir is not None else None if self.source.is_file() else self.source
+
+
+def locate_model(path: str | Path) -> ModelPath:
+    """The model folder or checkpoint file a run folder, model folder or checkpoint path names, and its run
+    folder (see the module docstring); CheckpointError naming the path when it is none of them."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
             f"model path {path} does not exist; expected a run folder, its model/ folder or a .ckpt checkpoint"
         )
     if path.is_file():
-        return _from_checkpoint(path)
+        run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else None
+        return ModelPath(path, run_dir if run_dir is not None and (run_dir / CONFIG).is_file() else None)
     if not (path / CONFIG_FILE).exists() and (path / MODEL_DIR).is_dir():
-        model_folder, run_dir = path / MODEL_DIR, path
-    elif (path / CONFIG_FILE).exists():
-        model_folder, run_dir = path, path.parent if (path.parent / CONFIG).is_file() else None
-    elif (path / CONFIG).is_file():
+        return ModelPath(path / MODEL_DIR, path)
+    if (path / CONFIG_FILE).exists():
+        return ModelPath(path, path.parent if (path.parent / CONFIG).is_file() else None)
+    if (path / CONFIG).is_file():
         raise CheckpointError(
             f"run folder {path} has no exported model/ (an interrupted run?); evaluate one of its checkpoints "
             f"({path / 'checkpoints' / 'last.ckpt'}) or export it with iiae export"
         )
-    else:
-        raise CheckpointError(
-            f"{path} is neither a run folder nor a model folder: expected config.yaml + model/, or {CONFIG_FILE} "
-            "+ model.safetensors"
-        )
-    model = IIAE.from_pretrained(model_folder)
-    return TrainedModel(model, model_folder, _run_config(run_dir) if run_dir else None, run_dir, None)
+    raise CheckpointError(
+        f"{path} is neither a run folder nor a model folder: expected config.yaml + model/, or {CONFIG_FILE} "
+        "+ model.safetensors"
+    )
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Load a run folder, a model folder or a checkpoint file (see the module docstring)."""
+    located = locate_model(path)
+    if located.source.is_file():
+        return _from_checkpoint(located.source)
+    model = IIAE.from_pretrained(located.source)
+    run_dir = located.run_dir
+    return TrainedModel(model, located.source, _run_config(run_dir) if run_dir else None, run_dir, None)
 
 
 def write_metrics(

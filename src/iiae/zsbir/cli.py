@@ -15,6 +15,8 @@ from pathlib import Path
 from iiae.atomic import atomic_write_json
 from iiae.core.config import apply_overrides
 from iiae.errors import CheckpointError, ConfigError, OutputError
+from iiae.outputs import check_output
+from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
 
 
 def build_zs_config(args: argparse.Namespace, base=None):
@@ -27,16 +29,35 @@ def build_zs_config(args: argparse.Namespace, base=None):
     return zs_config_from_dict(apply_overrides((base or load_zs_config(args.config)).to_dict(), args.set or [], flags))
 
 
+def zs_inputs(args: argparse.Namespace, config) -> list[Path]:  # noqa: ANN001
+    """The files and folders a zs-sbir command reads besides a run: its --config file, the data root, a file of
+    unseen classes and the feature cache. Never written by the command (iiae.outputs.check_output)."""
+    paths = [args.config if args.config and Path(args.config).exists() else None, config.data.root,
+             config.data.unseen if Path(config.data.unseen).is_file() else None, config.feature_net.cache_dir]
+    return [Path(path) for path in paths if path]
+
+
+def run_inputs(run: Path) -> list[Path]:
+    """The parts of a zs-sbir run folder a command reads: its config, model and feature extractor."""
+    return [run / CONFIG, run / MODEL_DIR, run / FEATURE_EXTRACTOR_DIR]
+
+
+def check_retrieval_outputs(args: argparse.Namespace, inputs: list[Path], owner: Path | None) -> None:
+    """``iiae retrieve`` and ``iiae zs-sbir retrieve``: the panel --out and the --cache-dir are none of the inputs
+    (the model's or run's files, the query, the gallery) nor inside them."""
+    inputs = [*inputs, Path(args.query), Path(args.gallery)]
+    check_output(args.out, inputs, owner=owner)
+    if args.cache_dir is not None:
+        check_output(args.cache_dir, inputs, folder=True, what="--cache-dir")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from iiae.run_files import CONFIG
     from iiae.runs.run_folder import (
         check_resume_config,
         default_run_dir,
         find_run_to_resume,
     )
     from iiae.zsbir.config import RESUMABLE_CHANGES, load_zs_config
-    from iiae.zsbir.report import results_table
-    from iiae.zsbir.train import run_zs_sbir
 
     if args.resume is None:
         config = build_zs_config(args)
@@ -50,6 +71,11 @@ def _train(args: argparse.Namespace) -> int:
         saved = load_zs_config(out / CONFIG)
         config = build_zs_config(args, base=saved if args.config is None else None)
         check_resume_config(saved, config, out, RESUMABLE_CHANGES)
+    check_output(out, zs_inputs(args, config), owner=out if args.resume is not None else None, folder=True,
+                 what="--out" if args.resume is None else "--resume")  # fmt: skip
+    from iiae.zsbir.report import results_table
+    from iiae.zsbir.train import run_zs_sbir
+
     metrics = run_zs_sbir(config, out, progress=not args.no_progress, resume=args.resume is not None)
     print(results_table(metrics))
     print(f"run folder: {metrics['run_dir']}  (report.md, metrics.json, model/)")
@@ -57,18 +83,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from iiae.zsbir.baseline import load_model
     from iiae.zsbir.config import load_zs_config
-    from iiae.zsbir.train import build_split, evaluate_model
 
     run = Path(args.run)
-    if not (run / "config.yaml").is_file() or not (run / "model").is_dir():
+    if not (run / CONFIG).is_file() or not (run / MODEL_DIR).is_dir():
         raise CheckpointError(f"{run} is not a zs-sbir run folder (expected config.yaml and model/)")
     try:
-        saved = load_zs_config(run / "config.yaml") if args.config is None else None
+        saved = load_zs_config(run / CONFIG) if args.config is None else None
     except ConfigError as error:  # e.g. an image run's folder: its config has other keys
         raise CheckpointError(f"{run} is not a zs-sbir run folder: {error}") from None
     config = build_zs_config(args, base=saved)
+    if args.json:
+        check_output(args.json, run_inputs(run) + zs_inputs(args, config), owner=run, what="--json")
+    from iiae.zsbir.baseline import load_model
+    from iiae.zsbir.train import build_split, evaluate_model
+
     if config.train.threads > 0:
         import torch
 
@@ -88,13 +117,14 @@ def _retrieve(args: argparse.Namespace) -> int:
     from iiae.zsbir.retrieve import check_arguments, load_run, retrieve
 
     check_arguments(args.top, args.query_domain, args.out)  # before the run is loaded
+    check_retrieval_outputs(args, run_inputs(Path(args.run)), Path(args.run))
     run = load_run(args.run)
     if run.config.train.threads > 0:
         import torch
 
         torch.set_num_threads(run.config.train.threads)
     result = retrieve(run, args.query, args.gallery, top=args.top, domain=args.query_domain, out=args.out,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, owner=Path(args.run))
     print("\n".join(result.lines()))
     print(f"wrote {result.panel} (the query, then the top {len(result.matches)} of {result.gallery_size})")
     return 0

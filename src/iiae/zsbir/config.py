@@ -24,6 +24,7 @@ from iiae.core.config import (
     resolve_named_config,
 )
 from iiae.errors import ConfigError
+from iiae.readers import quote
 
 #: Keys that may differ between a zero-shot run and its resumption (``iiae zs-sbir train --resume``): how long to
 #: train, where it runs and where the data and the feature cache are.

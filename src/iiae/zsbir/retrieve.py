@@ -11,7 +11,8 @@ domain) and ranked by the cosine similarity of the codes, exactly as the run's e
 
 Gallery features are cached (``gallery-<key>.npz`` in ``--cache-dir`` or the feature stage's cache folder): the
 key covers the extractor (its ``feature_extractor.json`` and the sha256 of its weights), the gallery's files
-(relative paths, sizes, modification times) and the domain, so an unchanged gallery is embedded once.
+(relative paths, sizes, sha256 of their bytes: timestamps do not matter) and the domain, so an unchanged gallery
+is embedded once; a damaged cache file is embedded again with one notice (:mod:`iiae.cache`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from iiae.data.image_files import check_image_file, find_images
 from iiae.errors import CheckpointError, ConfigError
 from iiae.evaluation.figures import check_panel_path, save_retrieval_panel
 from iiae.evaluation.retrieval import FileRetrieval, Match
+from iiae.outputs import check_output
 from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
 from iiae.zsbir.baseline import load_model
 from iiae.zsbir.config import ZSConfig, load_zs_config
@@ -121,9 +123,9 @@ def gallery_features(extractor: FeatureExtractor, extractor_dir: Path, root: Pat
     """(features [N, D] of ``files`` as ``domain``, the cache file, whether it was read from the cache).
 
     The gallery is embedded only when no cache file matches (see :func:`gallery_cache_key`)."""
-    key = gallery_cache_key(extractor_fingerprint(extractor_dir), file_listing(root, files), domain)
+    key = gallery_cache_key(extractor_fingerprint(extractor_dir), file_listing(root, files, "gallery file"), domain)
     path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"gallery-{key}.npz"
-    features = read_cached_array(path, key, len(files))
+    features = read_cached_array(path, key, len(files), extractor.feature_dim())
     if features is not None:
         log(f"gallery features: cached {path}")
         return features, path, True
@@ -157,10 +159,13 @@ def rank_gallery(query_code: np.ndarray, gallery_codes: np.ndarray, top: int) ->
 
 def retrieve(run: TrainedRun | str | Path, query: str | Path, gallery: str | Path, top: int = 10,
              domain: Domain = "sketch", out: str | Path | None = "retrieval.png", cache_dir: str | Path | None = None,
-             log: Log = print) -> FileRetrieval:
+             log: Log = print, owner: str | Path | None = None) -> FileRetrieval:
     """Rank the images of ``gallery`` (the other domain) for the ``query`` image of ``domain``; write the panel
-    to ``out`` (None: no panel). Every input is checked (and the query embedded) before anything is written."""
+    to ``out`` (None: no panel; never the query, a gallery file or inside another run or model folder than
+    ``owner``: iiae.outputs). Every input is checked (and the query embedded) before anything is written."""
     check_arguments(top, domain, out)
+    if out is not None:
+        check_output(out, [query, gallery], owner=owner)
     run = run if isinstance(run, TrainedRun) else load_run(run)
     query = check_image_file(query, "query image")
     root = Path(gallery)
