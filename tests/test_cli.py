@@ -184,3 +184,26 @@ def test_a_redirected_log_gets_one_plain_line_per_log_every_steps(tmp_path):
     assert not [note for note in lightning_notes if note in result.stderr + quiet.stderr], result.stderr
     verbose = run_cli(["-v", "train", "--out", str(tmp_path / "verbose"), *args])
     assert verbose.returncode == 0 and "GPU available" in verbose.stderr
+
+
+def test_python_warnings_become_one_iiae_line_and_library_deprecations_stay_quiet(monkeypatch, capsys):
+    """A warning raised while a command runs (PIL's, Lightning's, NumPy's) is one ``iiae: warning:`` line, never
+    Python's file:line format with a source line; a library's FutureWarning shows with -v only; the process's
+    own warning display is restored afterwards."""
+    import warnings
+
+    import iiae.cli.main as cli
+
+    def command(args):
+        warnings.warn("a library's\nmulti-line warning", UserWarning)
+        warnings.warn("`LeafSpec` is deprecated", FutureWarning)
+        return 0
+
+    monkeypatch.setattr(cli, "_command_export", command)
+    before = warnings.showwarning
+    assert cli.main(["export", "run", "--out", "m"]) == 0
+    assert warnings.showwarning is before
+    err = capsys.readouterr().err
+    assert err == "iiae: warning: a library's multi-line warning\n"
+    assert cli.main(["-v", "export", "run", "--out", "m"]) == 0
+    assert "iiae: note: `LeafSpec` is deprecated (FutureWarning" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -447,7 +448,30 @@ def configure_logging(verbosity: int) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
 
 
+WARNINGS = logging.getLogger("iiae.warnings")
+# Notices for the developers of a library (PIL, Lightning, NumPy, torch), not for a user of iiae: -v shows them
+DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:  # fmt: skip
+    """:func:`warnings.showwarning` of the command line: a Python warning (of iiae or of a library) as one bounded
+    ``iiae: warning: ...`` line on the ``iiae`` logger, never Python's two-line format with a source line; a
+    library's deprecation notice as a debug message (-v)."""
+    text = one_line(" ".join(str(message).split()))[:300]
+    if issubclass(category, DEVELOPER_WARNINGS):
+        WARNINGS.debug("iiae: note: %s (%s, %s:%s)", text, category.__name__, Path(filename).name, lineno)
+    else:
+        WARNINGS.warning("iiae: warning: %s", text)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():  # restored on return: main() may run in a test or a notebook
+        warnings.showwarning = show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose - args.quiet)
