@@ -207,3 +207,16 @@ def test_python_warnings_become_one_iiae_line_and_library_deprecations_stay_quie
     assert err == "iiae: warning: a library's multi-line warning\n"
     assert cli.main(["-v", "export", "run", "--out", "m"]) == 0
     assert "iiae: note: `LeafSpec` is deprecated (FutureWarning" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["retrieve", "model", "--query", "q" * 1_000_000, "--gallery", "g"],
+                                  ["train", "--config", "c" * 1_000_000, "--out", "run"]])  # fmt: skip
+def test_a_huge_path_argument_gives_one_bounded_line(tmp_path, monkeypatch, capsys, argv):
+    """A path of a million characters (File name too long) is quoted in a line of at most ~1,000 characters."""
+    import iiae.cli.main as cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iiae: error: ") and err.count("\n") == 1 and len(err) < 1100
+    assert list(tmp_path.iterdir()) == []

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
 from iiae.data.paired_images import IMAGE_SUFFIXES
-from iiae.errors import ConfigError, IIAEError, RunInterrupted
+from iiae.errors import ConfigError, IIAEError, RunInterrupted, bounded
 from iiae.outputs import check_output, check_outputs
 from iiae.version import __version__
 from iiae.zsbir.cli import (  # iiae zs-sbir train|evaluate|retrieve
@@ -494,11 +494,11 @@ def _main(argv: list[str] | None) -> int:
         print("iiae: interrupted", file=sys.stderr)
         return 130
     except OSError as error:  # disk full, read-only, permission: the machine's, not a bug. Runs stay resumable
-        where = f": {error.filename}" if error.filename else ""
-        print(f"iiae: error: {one_line(f'{error.strerror or error}{where}')}", file=sys.stderr)
+        where = f": {error.filename}" if error.filename else ""  # a 10 MB path argument: bounded below
+        print(f"iiae: error: {one_line(bounded(f'{error.strerror or error}{where}'))}", file=sys.stderr)
         return 2
     except UnicodeError as error:  # a user's file or name that is not UTF-8 (readers name the file where they can)
-        print(f"iiae: error: {one_line(unicode_message(error))}", file=sys.stderr)
+        print(f"iiae: error: {one_line(bounded(unicode_message(error)))}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - not a user mistake: a bug. One line; the traceback is kept
         saved = getattr(error, "iiae_error_log", None) or save_traceback(error)
