@@ -347,3 +347,24 @@ def test_a_non_utf8_class_list_is_a_data_error_naming_the_file_and_byte(tmp_path
     path.write_bytes(b"door\nf\xe4n\n")
     with pytest.raises(DataError, match=r"unseen\.txt is not UTF-8 text \(byte 6"):
         read_class_list(path)
+
+
+def test_a_huge_sparse_file_is_keyed_by_identity_without_reading_it(tmp_path):
+    """A PNG followed by 40 GB of zeros (a sparse file) is listed at once: keyed by device, inode, size and times
+    instead of its bytes; rewriting it (a new ctime) changes the key."""
+    import time
+
+    from iiae.cache import file_listing
+
+    path = tmp_path / "g.png"
+    path.write_bytes(b"\x89PNG" + bytes(100))
+    os.truncate(path, 40 << 30)
+    started = time.perf_counter()
+    first = file_listing(tmp_path, [path])
+    assert time.perf_counter() - started < 1 and first[0][:2] == ["g.png", 40 << 30]
+    stat = path.stat()
+    time.sleep(0.05)  # the kernel's timestamps move in ticks of a few ms
+    with open(path, "r+b") as handle:
+        handle.write(b"\x89PNX")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same size and mtime; ctime cannot be set back
+    assert file_listing(tmp_path, [path]) != first

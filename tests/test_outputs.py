@@ -146,30 +146,39 @@ def test_devices_fifos_sockets_and_folders_are_never_replaced_by_a_file(tmp_path
 
 
 def test_run_and_model_folders_are_written_only_by_their_own_commands(tmp_path):
+    """Nothing inside a run, model or sweep folder is written by another command; in its own folder a command
+    writes only what it regenerates by design (``replaces``: evaluate's metrics.json), never a figure, the report,
+    a checkpoint or another file of the run; a resumed run's own folder is its output."""
     run = make_run_folder(tmp_path / "run", tmp_path / "idx")
     model = tiny_model().save_pretrained(tmp_path / "model")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "summary.json").write_text("{}")
     for target in (run / "metrics.json", run / "report.md", run / "checkpoints" / "best.metrics.json",
-                   model / "metrics.json"):  # fmt: skip
+                   model / "metrics.json", sweep / "summary.md"):  # fmt: skip
         with pytest.raises(OutputError, match="which this command did not create"):
             check_output(target)  # no owner: another run's or model's files
-    assert check_output(run / "metrics.json", owner=run) == run / "metrics.json"
-    assert check_output(run / "checkpoints" / "best.metrics.json", owner=run)  # beside a checkpoint
-    assert check_output(run / "translation.png", owner=run) and check_output(model / "metrics.json", owner=model)
+    assert check_output(run / "metrics.json", owner=run, replaces=[run / "metrics.json"]) == run / "metrics.json"
+    beside = run / "checkpoints" / "best.metrics.json"  # evaluate of a checkpoint: its metrics beside it
+    assert check_output(beside, owner=run, replaces=[beside])
+    assert check_output(model / "metrics.json", owner=model, replaces=[model / "metrics.json"])
     assert check_output(run, owner=run, folder=True) == run  # a resumed run's own folder
     for target in ("config.yaml", "checkpoints/last.ckpt", "checkpoints/step=00000003.ckpt", "logs/metrics.csv",
-                   ".iiae.lock", "error.log"):  # fmt: skip
-        with pytest.raises(OutputError, match="one of the files that make up the run folder"):
-            check_output(run / target, owner=run)
+                   ".iiae.lock", "error.log", "loss_curves.png", "translation.png", "report.md", "panel.png",
+                   "metrics.json"):  # fmt: skip
+        with pytest.raises(OutputError, match="which this command reads: it writes only (metrics|other).json there"):
+            check_output(run / target, owner=run, replaces=[run / "metrics.json"] if target != "metrics.json" else
+                         [run / "other.json"])  # fmt: skip
     with pytest.raises(OutputError, match="inside the model folder"):
-        check_output(run / "model" / "config.json", owner=run)
-    with pytest.raises(OutputError, match="one of the files that make up the model folder"):
-        check_output(model / "config.json", owner=model)
+        check_output(run / "model" / "config.json", owner=run, replaces=[run / "metrics.json"])
+    with pytest.raises(OutputError, match="it writes only nothing there|writes only metrics.json"):
+        check_output(model / "config.json", owner=model, replaces=[model / "metrics.json"])
     with pytest.raises(OutputError, match="is the run folder"):
         check_output(run, folder=True)
     with pytest.raises(OutputError, match="is inside the run folder"):
         check_output(run / "exported", folder=True)
     with pytest.raises(OutputError, match="inside the run folder"):
-        check_output(run / "metrics.json", owner=tmp_path / "other")
+        check_output(run / "metrics.json", owner=tmp_path / "other", replaces=[run / "metrics.json"])
 
 
 # --------------------------------------------------------------------------------------------- staging

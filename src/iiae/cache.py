@@ -32,10 +32,12 @@ import numpy as np
 
 from iiae.atomic import atomic_write
 from iiae.errors import DataError, IIAEError
+from iiae.outputs import check_output
 from iiae.readers import open_regular, quote
 
 LOG = logging.getLogger("iiae.cache")
 HASH_BLOCK = 1 << 20  # bytes read at once when hashing a file
+HASHED_FILE_LIMIT = 256 << 20  # bytes: larger files are keyed by identity, not content (file_listing)
 MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032:1: a member claiming more is a lie (zip bomb)
 #: (shape, allowed dtype kinds or the one dtype) of an expected array; None in a shape: any length (bounded by the
 #: member's size)
@@ -47,11 +49,15 @@ class CacheDamaged(DataError):
 
 
 def cache_root() -> Path:
-    """``$IIAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/iiae``, else ``~/.cache/iiae``."""
+    """``$IIAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/iiae``, else ``~/.cache/iiae``; an OutputError (checked by
+    :func:`iiae.outputs.check_output`, like every output) when that is a file, a device or lies inside a run,
+    model or sweep folder."""
     if os.environ.get("IIAE_CACHE_DIR"):
-        return Path(os.environ["IIAE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "iiae"
+        root, what = Path(os.environ["IIAE_CACHE_DIR"]), "the cache folder $IIAE_CACHE_DIR"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root, what = Path(base) / "iiae", "the cache folder ($XDG_CACHE_HOME or ~/.cache)/iiae"
+    return check_output(root, folder=True, what=what)
 
 
 # ---------------------------------------------------------------------------------------------------------- keys
@@ -68,10 +74,18 @@ def file_sha256(path: str | Path, what: str = "file", error: type[IIAEError] = D
 def file_listing(root: Path, files: Sequence[Path], what: str = "file") -> list[list]:
     """[path relative to ``root``, size in bytes, sha256 of the bytes] of each file: changes whenever a file's
     content does, whatever its timestamps say. DataError (naming the file) for one that is not a regular file.
-    About 40 ms per 1,000 small PNGs (12 MB), a sixth of decoding them alone."""
+    About 40 ms per 1,000 small PNGs (12 MB), a sixth of decoding them alone. A file larger than
+    :data:`HASHED_FILE_LIMIT` (no image of a gallery is; a PNG followed by 40 GB of zeros in a sparse file would
+    take minutes to hash) is keyed by its identity instead: device, inode, size, mtime_ns and ctime_ns (a
+    replacement or a write changes its ctime, which no tool can set back)."""
     listing = []
     for path in files:
         with open_regular(path, what, DataError) as handle:
+            status = os.fstat(handle.fileno())
+            if status.st_size > HASHED_FILE_LIMIT:
+                identity = [status.st_dev, status.st_ino, status.st_mtime_ns, status.st_ctime_ns]
+                listing.append([Path(path).relative_to(root).as_posix(), status.st_size, identity])
+                continue
             digest, size = hashlib.sha256(), 0
             for block in iter(lambda: handle.read(HASH_BLOCK), b""):
                 digest.update(block)

@@ -6,8 +6,9 @@
   folder;
 - exists and is not a regular file (a folder where a file is expected, a FIFO, a device, a socket) — so a
   command never replaces ``/dev/null`` or a named pipe with a regular file;
-- lies inside a run folder or a model folder other than the command's own (``owner``), or is one of the files
-  a run or model folder is made of (its config, checkpoints, model, logs, lock) even in its own.
+- lies inside a run, model or sweep folder: its files (config, checkpoints, model, logs, figures, report,
+  metrics) are written by the run alone, except the outputs a command regenerates in its own run or model
+  folder by design (``replaces``: ``iiae evaluate RUN`` rewrites the run's metrics.json).
 
 :func:`staged_files` then writes several output files beside their targets and moves them into place only
 once every one is complete. :func:`remove_stale_temporaries` (in :mod:`iiae.atomic`) clears what a killed
@@ -26,13 +27,10 @@ from pathlib import Path
 from iiae.atomic import fsync_folder, temporary_name
 from iiae.errors import OutputError
 from iiae.readers import quote
-from iiae.run_files import CHECKPOINTS, CONFIG, ERROR_LOG, FEATURE_EXTRACTOR_DIR, LOCK, LOGS_DIR, METRICS, MODEL_DIR
+from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, LOGS_DIR, METRICS, MODEL_DIR, SWEEP_SUMMARY
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
-# The parts of a run folder no command but the run itself writes (relative to the run folder)
-RUN_OWN_FOLDERS = (MODEL_DIR, FEATURE_EXTRACTOR_DIR, LOGS_DIR)
-RUN_OWN_FILES = (CONFIG, LOCK, ERROR_LOG)
 
 
 def _kind(mode: int) -> str:
@@ -72,21 +70,25 @@ def _same_file(first: Path, second: Path) -> bool:
         return False
 
 
-def _owned_part(relative: Path) -> bool:
-    """Whether a path inside a run folder is one of the run's own files."""
-    parts = relative.parts
-    if not parts:
-        return True  # the run folder itself
-    if parts[0] in RUN_OWN_FOLDERS or (len(parts) == 1 and parts[0] in RUN_OWN_FILES):
-        return True
-    return parts[0] == CHECKPOINTS and (relative.suffix in (".ckpt", ".tmp") or len(parts) > 2)
+def _folder_kind(folder: Path) -> str | None:
+    """"run", "model" or "sweep" for a folder iiae wrote (see :func:`is_run_folder`, :func:`is_model_folder`; a
+    sweep folder holds summary.json), else None."""
+    if is_run_folder(folder):
+        return "run"
+    if is_model_folder(folder):
+        return "model"
+    if (folder / SWEEP_SUMMARY).is_file():
+        return "sweep"
+    return None
 
 
 def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: str | Path | None = None,
-                 folder: bool = False, what: str = "--out") -> Path:  # fmt: skip
+                 folder: bool = False, what: str = "--out", replaces: Iterable[str | Path] = ()) -> Path:  # fmt: skip
     """``target`` as a Path when a command may write it (a file, or with ``folder`` a folder it creates or fills);
     else an OutputError naming ``what`` and the reason (see the module docstring). ``inputs``: every file and
-    folder the command reads; ``owner``: the run or model folder the command writes by default (None: none)."""
+    folder the command reads. Nothing inside a run, model or sweep folder is ever written, except: ``owner``
+    itself as a folder target (a resumed run), and inside ``owner`` the files of ``replaces``, the outputs the
+    command regenerates there by design (``iiae evaluate RUN``: the run's metrics.json)."""
     if not str(target) or "\0" in str(target):
         raise OutputError(f"{what} {quote(str(target))} is not a usable path")
     target = Path(target)
@@ -95,7 +97,7 @@ def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: s
     except FileNotFoundError:
         mode = None
     except OSError as error:
-        raise OutputError(f"{what} {target} cannot be checked: {error.strerror or error}") from None
+        raise OutputError(f"{what} {quote(str(target))} cannot be checked: {error.strerror or error}") from None
     if mode is not None:
         if folder and not stat.S_ISDIR(mode):
             raise OutputError(f"{what} {target} is {_kind(mode) if not stat.S_ISREG(mode) else 'a file'}; "
@@ -113,29 +115,28 @@ def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: s
             raise OutputError(f"{what} {target} is inside the input folder {source}; inputs are never written: "
                               "choose an output path outside it")  # fmt: skip
     owner_resolved = _resolved(Path(owner)) if owner is not None else None
+    regenerated = {_resolved(Path(path)) for path in replaces}
     for ancestor in ([resolved] if folder else []) + list(resolved.parents):
-        if not (is_run_folder(ancestor) or is_model_folder(ancestor)):
+        kind = _folder_kind(ancestor)
+        if kind is None:
             continue
-        kind = "run" if is_run_folder(ancestor) else "model"
-        if ancestor != owner_resolved:
-            where = "is" if ancestor == resolved else "is inside"
-            raise OutputError(f"{what} {target} {where} the {kind} folder {ancestor}, which this command did not "
-                              f"create; another {kind}'s files are never overwritten: choose another path")  # fmt: skip
-        relative = resolved.relative_to(ancestor)
-        if folder and not relative.parts:
-            continue  # the command's own folder (a resumed run, figures into the model's run folder)
-        if (kind == "run" and _owned_part(relative)) or (kind == "model" and relative.parts in (
-                (), (MODEL_WEIGHTS,), (MODEL_CONFIG,))):  # fmt: skip
-            raise OutputError(f"{what} {target} is one of the files that make up the {kind} folder {ancestor}; "
-                              "choose another path")  # fmt: skip
+        if ancestor == owner_resolved and ((folder and ancestor == resolved) or resolved in regenerated):
+            continue  # the command's own run (a resume) or an output it regenerates there (evaluate's metrics)
+        where = "is" if ancestor == resolved else "is inside"
+        if ancestor == owner_resolved:
+            allowed = ", ".join(sorted(path.name for path in regenerated)) or "nothing"
+            raise OutputError(f"{what} {target} {where} the {kind} folder {ancestor}, which this command reads: "
+                              f"it writes only {allowed} there; choose a path outside it")  # fmt: skip
+        raise OutputError(f"{what} {target} {where} the {kind} folder {ancestor}, which this command did not "
+                          f"create; a {kind}'s files are never overwritten: choose another path")  # fmt: skip
     return target
 
 
 def check_outputs(targets: Sequence[str | Path], inputs: Iterable[str | Path] = (), owner: str | Path | None = None,
-                  what: str = "output") -> list[Path]:  # fmt: skip
+                  what: str = "output", replaces: Iterable[str | Path] = ()) -> list[Path]:  # fmt: skip
     """:func:`check_output` of every file in ``targets``, and no two of them the same file."""
-    inputs = list(inputs)
-    checked = [check_output(target, inputs, owner, what=what) for target in targets]
+    inputs, replaces = list(inputs), list(replaces)
+    checked = [check_output(target, inputs, owner, what=what, replaces=replaces) for target in targets]
     seen: dict[Path, Path] = {}
     for path in checked:
         resolved = _resolved(path)

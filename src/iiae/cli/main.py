@@ -160,6 +160,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     located, inputs = _model_inputs(args)
     target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
     check_output(target or located.default_metrics_path(), inputs, owner=located.owner,
+                 replaces=[located.default_metrics_path()],
                  what="--json" if args.json else "--out")  # fmt: skip
     trained, splits, config = _trained_and_test_pairs(args)
     table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
@@ -246,12 +247,12 @@ def _translate_images(args: argparse.Namespace) -> int:
 
 
 def _command_retrieve(args: argparse.Namespace) -> int:
-    from iiae.runs.own_images import check_retrieval_arguments, retrieve_images
+    from iiae.runs.own_images import check_retrieval_arguments, default_cache_dir, retrieve_images
     from iiae.runs.trained import load_trained, locate_model
 
     check_retrieval_arguments(args.top, args.query_domain, args.out)  # before the model is loaded
     located = locate_model(args.model)
-    check_retrieval_outputs(args, located.inputs, located.owner)
+    check_retrieval_outputs(args, located.inputs, located.owner, default_cache_dir())
     trained = load_trained(args.model)
     result = retrieve_images(trained.model, args.query, args.gallery, top=args.top, query_domain=args.query_domain,
                              out=args.out, cache_dir=args.cache_dir, owner=located.owner)  # fmt: skip

@@ -42,13 +42,16 @@ def run_inputs(run: Path) -> list[Path]:
     return [run / CONFIG, run / MODEL_DIR, run / FEATURE_EXTRACTOR_DIR]
 
 
-def check_retrieval_outputs(args: argparse.Namespace, inputs: list[Path], owner: Path | None) -> None:
+def check_retrieval_outputs(args: argparse.Namespace, inputs: list[Path], owner: Path | None,
+                            default_cache: Path) -> None:  # fmt: skip
     """``iiae retrieve`` and ``iiae zs-sbir retrieve``: the panel --out and the --cache-dir are none of the inputs
     (the model's or run's files, the query, the gallery) nor inside them."""
     inputs = [*inputs, Path(args.query), Path(args.gallery)]
     check_output(args.out, inputs, owner=owner)
     if args.cache_dir is not None:
         check_output(args.cache_dir, inputs, folder=True, what="--cache-dir")
+    else:  # where the gallery's codes go by default ($IIAE_CACHE_DIR): never inside the gallery or a run either
+        check_output(default_cache, inputs, folder=True, what="the cache folder (--cache-dir, $IIAE_CACHE_DIR)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -117,7 +120,9 @@ def _retrieve(args: argparse.Namespace) -> int:
     from iiae.zsbir.retrieve import check_arguments, load_run, retrieve
 
     check_arguments(args.top, args.query_domain, args.out)  # before the run is loaded
-    check_retrieval_outputs(args, run_inputs(Path(args.run)), Path(args.run))
+    from iiae.zsbir.feature_net import default_cache_dir
+
+    check_retrieval_outputs(args, run_inputs(Path(args.run)), Path(args.run), default_cache_dir())
     run = load_run(args.run)
     if run.config.train.threads > 0:
         import torch
