@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import io
 import tarfile
 
@@ -91,7 +92,7 @@ def test_download_without_network_says_what_to_fetch_and_where(tmp_path, monkeyp
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 or error[0].startswith("iiae: downloading"), error
     assert "could not download maps" in error[-1] and "maps.tar.gz" in error[-1] and str(root) in error[-1]
-    assert "--archive" in error[-1] and not any(root.iterdir())  # no partial file left behind
+    assert "--archive" in error[-1] and not root.exists()  # the folder it made removed: nothing left behind
 
 
 @pytest.fixture
@@ -126,10 +127,31 @@ def test_an_archive_without_the_known_hash_is_refused_and_nothing_is_left(tmp_pa
     assert main(["data", "download", "facades", "--root", str(root), "--known-hash", wrong]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("iiae: error: could not download facades") and "does not match" in error and wrong in error
-    assert list(root.iterdir()) == []  # no archive, no temporary folder, no image
+    assert not root.exists()  # no archive, no temporary folder, no image, not the folder it made
     archive = _archive(tmp_path / "facades.tar.gz", {"train": 3, "val": 1, "test": 2})
     assert main(["data", "download", "facades", "--root", str(root), "--archive", str(archive),
                  "--known-hash", wrong]) == 2  # fmt: skip
-    assert "does not have the known hash" in capsys.readouterr().err and list(root.iterdir()) == []
+    assert "does not have the known hash" in capsys.readouterr().err and not root.exists()
     assert main(["data", "download", "facades", "--root", str(root), "--known-hash", "md5:12"]) == 2
     assert "is not md5:<32 hex digits>" in capsys.readouterr().err
+
+
+def test_a_tar_bomb_member_is_refused_from_its_header_and_an_existing_root_is_kept(tmp_path, capsys):
+    """A 2 GB member (a sparse file of zeros, compressed to a few MB) is refused before it is unpacked; a --root
+    that existed before stays, one the command made is removed."""
+    import tarfile
+
+    bomb = tmp_path / "zeros.jpg"
+    bomb.touch()
+    os.truncate(bomb, 2 << 30)
+    archive = tmp_path / "facades.tar"
+    with tarfile.open(archive, "w") as tar:  # uncompressed and sparse-free: the header alone is read
+        info = tar.gettarinfo(bomb, "facades/train/1.jpg")
+        tar.addfile(info)  # header only: the member claims 2 GB, the archive ends (a truncated bomb)
+    for root, existed in ((tmp_path / "new" / "root", False), (tmp_path / "mine", True)):
+        if existed:
+            root.mkdir()
+        assert main(["data", "download", "facades", "--root", str(root), "--archive", str(archive)]) == 2
+        assert "of 2,147,483,648 bytes: no image of the facades dataset" in capsys.readouterr().err
+        assert root.exists() == existed and (not existed or list(root.iterdir()) == [])
+    assert not (tmp_path / "new").exists()

@@ -156,3 +156,21 @@ def test_bad_inputs_give_one_line_and_write_nothing(tiny_run, tmp_path, capsys):
     fails(run, query, tmp_path / "empty", f"gallery folder {tmp_path / 'empty'} holds no images")
     fails(run, query, broken, f"{broken / 'fan' / 'zz_broken.jpg'} cannot be decoded")
     fails(run, query, gallery, "--top must be >= 1, got 0", extra=["--top", "0"])
+
+
+def test_an_extractor_that_computes_nan_is_refused_not_ranked(tiny_run, tmp_path, capsys):
+    """Finite but damaged weights (negated: a negative batch-norm variance) make the feature extractor compute
+    NaN: refused naming the extractor, never a ranking of nan with status 0."""
+    from safetensors.torch import load_file, save_file
+
+    run, sketchy = tiny_run
+    damaged = tmp_path / "run"
+    shutil.copytree(run, damaged)
+    weights = next((damaged / "feature_extractor").glob("*.safetensors"))
+    save_file({name: -tensor if tensor.is_floating_point() else tensor for name, tensor in load_file(weights).items()},
+              weights)  # fmt: skip
+    argv = ["zs-sbir", "retrieve", str(damaged), "--query", str(sketchy / "sketch" / "door" / "n3_0-1.png"),
+            "--gallery", str(sketchy / "photo"), "--out", str(tmp_path / "panel.png"), "--cache-dir",
+            str(tmp_path / "cache")]  # fmt: skip
+    expect_error(capsys, argv, "the feature extractor", "NaN or infinite")
+    assert not (tmp_path / "panel.png").exists()

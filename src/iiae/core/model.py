@@ -74,6 +74,17 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
             raise CheckpointError(f"{source}: tensor {name} holds NaN or Inf values")
 
 
+def check_finite_codes(codes: torch.Tensor | np.ndarray, source: str) -> torch.Tensor | np.ndarray:
+    """``codes`` (features or latent codes a trained network computed) when every value is finite; else a
+    CheckpointError naming ``source``: finite weights can still compute NaN (a negative batch-norm variance in a
+    tampered file), and a ranking of NaN is a silent wrong result."""
+    finite = bool(torch.isfinite(codes).all()) if isinstance(codes, torch.Tensor) else bool(np.isfinite(codes).all())
+    if not finite:
+        raise CheckpointError(f"{source} computes NaN or infinite values from these images: its weights are damaged "
+                              "(e.g. a negative batch-norm variance); retrain or export it again")  # fmt: skip
+    return codes
+
+
 def training_memory(config: ModelConfig, batch_size: int) -> tuple[int, int]:
     """(parameters, bytes) one training step of ``config`` at ``batch_size`` needs, about: float32 weights,
     gradients and Adam's two moments (16 bytes per parameter) and every layer's output kept for the backward

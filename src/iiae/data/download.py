@@ -37,6 +37,7 @@ EXPECTED_COUNTS: dict[str, dict[str, int]] = {
 #: code, see README.md), so none is pinned; pass ``known_hash`` to check one.
 KNOWN_HASHES: dict[str, str | None] = {"facades": None, "maps": None}
 _CHUNK_BYTES = 1 << 20
+MAX_MEMBER_BYTES = 64 << 20  # an image of these archives is at most a few hundred kB; a larger member is no image
 
 
 def _count_images(folder: Path) -> int:
@@ -92,6 +93,9 @@ def unpack_pix2pix_archive(name: str, archive: Path, root: Path, shown: Path | N
                 if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 split = parts[-2]
+                if member.size > MAX_MEMBER_BYTES:  # a tar bomb: refused from its header, never unpacked
+                    raise DataError(f"archive {archive} holds {split}/{parts[-1]} of {member.size:,} bytes: no image "
+                                    f"of the {name} dataset is larger than {MAX_MEMBER_BYTES >> 20} MB")  # fmt: skip
                 target = root / split / parts[-1]
                 if (split, parts[-1]) in seen:
                     raise DataError(f"archive {archive} holds {split}/{parts[-1]} twice: not the {name} dataset")
@@ -170,10 +174,22 @@ def ensure_pix2pix_dataset(
             what = "does not exist" if not archive.exists() else "is not a regular file"
             raise DataError(f"archive {archive} {what} (download {url})")
     _check_split_folders(name, root)
+    created = [folder for folder in [root, *root.parents] if not folder.exists()][::-1]
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create dataset folder {root}: {error.strerror or error}") from None
+    try:
+        return _fill_root(name, root, archive, known_hash, url)
+    except BaseException:
+        for folder in reversed(created):  # the folders this command made, when it fails: nothing left behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _fill_root(name: str, root: Path, archive: Path | None, known_hash: str | None, url: str) -> Path:
+    """:func:`ensure_pix2pix_dataset` once ``root`` exists: unpack ``archive``, or download and unpack."""
     remove_stale_temporaries(root)  # the staging and download folders of a command that was killed
     if archive is not None:
         if known_hash is not None and not file_matches(archive, known_hash):

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from iiae.core.model import check_finite_codes
 from iiae.errors import CheckpointError
 from iiae.readers import load_safetensors, parse_json, quote, read_bytes
 from iiae.zsbir import pretrained_features
@@ -92,7 +93,7 @@ class FeatureExtractor:
     def _features(self, network: nn.Module, pixels: torch.Tensor) -> np.ndarray:
         inputs = self.preprocessing.normalise(pixels.to(self.device, non_blocking=True))
         features = network.features(inputs.contiguous(memory_format=torch.channels_last))
-        return features.float().cpu().numpy()
+        return check_finite_codes(features.float().cpu().numpy(), f"the feature extractor ({self.backbone})")
 
     def feature_dim(self) -> int:
         """D, the length of each feature vector (one probe image through the network, once)."""

@@ -32,6 +32,7 @@ from iiae.cache import (
     read_cached_array,
     write_cached_array,
 )
+from iiae.core.model import check_finite_codes
 from iiae.data.image_files import check_image_file, find_images
 from iiae.errors import CheckpointError, ConfigError
 from iiae.evaluation.figures import check_panel_path, save_retrieval_panel
@@ -144,7 +145,7 @@ def encode(model: nn.Module, features: np.ndarray, domain: Domain) -> np.ndarray
     with torch.no_grad():
         parts = [encoder(torch.as_tensor(features[start : start + ENCODE_BATCH], dtype=torch.float32))
                  for start in range(0, len(features), ENCODE_BATCH)]
-    return torch.cat(parts).cpu().numpy()
+    return check_finite_codes(torch.cat(parts).cpu().numpy(), f"the run's model (its {domain} encoder)")
 
 
 def rank_gallery(query_code: np.ndarray, gallery_codes: np.ndarray, top: int) -> list[tuple[int, float]]:
