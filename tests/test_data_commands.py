@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -139,7 +139,6 @@ def test_an_archive_without_the_known_hash_is_refused_and_nothing_is_left(tmp_pa
 def test_a_tar_bomb_member_is_refused_from_its_header_and_an_existing_root_is_kept(tmp_path, capsys):
     """A 2 GB member (a sparse file of zeros, compressed to a few MB) is refused before it is unpacked; a --root
     that existed before stays, one the command made is removed."""
-    import tarfile
 
     bomb = tmp_path / "zeros.jpg"
     bomb.touch()
