@@ -21,6 +21,7 @@ leaves nothing behind. While a run writes its folder, the folder is locked (``.i
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -199,6 +200,12 @@ def execute(job: Job, out_dir: Path, progress: bool, checkpoint_path: Path | Non
         deterministic=True,
         default_root_dir=out_dir,
     )
+    if train.num_nodes > 1:  # the rendezvous waits for every node (torch's timeout: 30 min): say so, not silence
+        address = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '(a free port)')}"
+        logging.getLogger("iiae.runs").warning(
+            "iiae: node %s of %d: training starts once all %d nodes have joined at %s (every node runs this command "
+            "with its own NODE_RANK; README, 'Several processes')", os.environ.get("NODE_RANK", "0"),
+            train.num_nodes, train.num_nodes, address)  # fmt: skip
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
