@@ -271,3 +271,22 @@ def test_commands_that_read_a_run_never_import_lightning_or_scikit_learn(run, tm
     assert "imported: []" in result.stdout, result.stdout
     assert json.loads((tmp_path / "metrics.json").read_text())["retrieval"] == metrics["retrieval"]
     assert json.loads((tmp_path / "last.json").read_text())["evaluated"]["step"] == 2
+
+
+def test_a_metrics_file_edited_by_hand_is_read_bounded_and_never_breaks_the_report(run, tmp_path, capsys):
+    """The run's metrics.json replaced by ``{}`` (no training facts): evaluate writes its numbers, leaves report.md
+    as it was with one notice; replaced by a 100,000-deep array: one line, status 2, nothing written."""
+    out, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    report = (copy / "report.md").read_text()
+    (copy / "metrics.json").write_text("{}")
+    assert main(["evaluate", str(copy), "--no-measures"]) == 0
+    err = capsys.readouterr().err
+    assert "report.md not refreshed" in err and "lacks the training facts" in err
+    assert (copy / "report.md").read_text() == report
+    assert "retrieval" in json.loads((copy / "metrics.json").read_text())
+    deep = "[" * 100_000 + "]" * 100_000
+    (copy / "metrics.json").write_text(deep)
+    _expect_error(capsys, ["evaluate", str(copy), "--no-measures"], "metrics.json", "nested deeper than")
+    assert (copy / "metrics.json").read_text() == deep and not list(copy.glob(".*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
@@ -11,6 +12,7 @@ from iiae.core.config import ExperimentConfig
 from iiae.evaluation.measures import measures_markdown
 from iiae.evaluation.retrieval import format_retrieval_table
 from iiae.evaluation.shift_suite import shift_suite_markdown
+from iiae.readers import quote
 from iiae.run_files import REPORT
 
 # Paper keys in configs (``paper:`` section) and the retrieval direction they compare with.
@@ -150,7 +152,13 @@ def refresh_report(run_dir: str | Path, config: ExperimentConfig, metrics: dict)
     run_dir = Path(run_dir)
     if not (run_dir / REPORT).is_file():
         return None
-    return write_report(config, metrics, run_dir)
+    try:
+        return write_report(config, metrics, run_dir)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:  # a metrics.json edited or replaced by hand
+        logging.getLogger("iiae.runs").warning(
+            "iiae: %s not refreshed: %s lacks the training facts it shows (%s: %s)", run_dir / REPORT,
+            run_dir / "metrics.json", type(error).__name__, quote(str(error))[1:-1])  # fmt: skip
+        return None
 
 
 def config_section(values: dict) -> str:

@@ -13,7 +13,6 @@ one-line message naming the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,8 +33,11 @@ from iiae.engine.checkpoint_files import (
 )
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.evaluation.measures import MEASURE_KEYS
+from iiae.readers import parse_json, read_bytes
 from iiae.run_files import CHECKPOINTS, CONFIG, METRICS, MODEL_DIR
 from iiae.runs.metrics import Evaluated
+
+MAX_METRICS_BYTES = 16 << 20  # a run's metrics.json is a few kB
 
 
 @dataclass
@@ -170,10 +172,11 @@ def write_metrics(
     path = Path(path)
     existing: dict[str, Any] = {}
     if path.is_file():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise OutputError(f"{path} exists and is not a JSON file; choose another --json path") from None
+        try:  # bounded: at most 16 MB, nested at most 32 levels (iiae.readers)
+            existing = parse_json(read_bytes(path, MAX_METRICS_BYTES, "metrics file", OutputError), str(path),
+                                  OutputError)  # fmt: skip
+        except OutputError as error:
+            raise OutputError(f"{error}; {path} exists and is not a metrics file: choose another --json path") from None
         if not isinstance(existing, dict):
             raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
     existing["retrieval"] = table
