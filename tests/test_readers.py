@@ -246,3 +246,17 @@ def test_any_safetensors_header_is_checked_in_bounded_time(tmp_path_factory, hea
         for name, (_, shape) in tensors.items():
             assert name not in loaded or tuple(loaded[name].shape) == shape
     assert time.perf_counter() - started < 2
+
+
+def test_an_existing_json_output_is_read_as_an_object_or_refused(tmp_path):
+    from iiae.errors import OutputError
+    from iiae.readers import read_json_object
+
+    assert read_json_object(tmp_path / "absent.json") == {}
+    (tmp_path / "ok.json").write_text('{"mine": 1}')
+    assert read_json_object(tmp_path / "ok.json") == {"mine": 1}
+    for name, text, fragment in (("list.json", "[1, 2]", "holds a JSON list"), ("deep.json", "[" * 5000, "deeper"),
+                                 ("digits.json", "9" * 5000, "not valid JSON"), ("text.json", "notes", "not valid")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(OutputError, match=fragment):
+            read_json_object(tmp_path / name, error=OutputError)

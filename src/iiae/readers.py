@@ -263,6 +263,20 @@ def parse_json(text: str | bytes, source: str, error: type[IIAEError] = DataErro
         raise error(f"{source} is not valid JSON ({quote(str(failure))[1:-1]})") from None
 
 
+def read_json_object(path: str | Path, limit: int = 16 << 20, what: str = "JSON file",
+                     error: type[IIAEError] = DataError) -> dict:  # fmt: skip
+    """The JSON object in ``path`` (an absent file: ``{}``), read bounded (:func:`read_bytes`, :func:`parse_json`);
+    ``error`` naming the file when it is not a regular file, too large, not JSON or not an object. For a JSON output
+    that keeps the other keys of an existing file (``iiae evaluate --json``)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    values = parse_json(read_bytes(path, limit, what, error), f"{what} {path}", error)
+    if not isinstance(values, dict):
+        raise error(f"{what} {path} holds a JSON {type(values).__name__}, not an object")
+    return values
+
+
 def _json_depth(text: str) -> int:
     """The deepest nesting of brackets outside strings (a conservative bound of the JSON nesting)."""
     depth = deepest = 0

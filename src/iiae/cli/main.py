@@ -148,7 +148,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     from iiae.evaluation.shift_suite import SHIFT_SUITE_KEYS, format_shift_suite, shift_suite_retrieval
     from iiae.run_files import METRICS
     from iiae.runs.report import refresh_report
-    from iiae.runs.trained import write_metrics
+    from iiae.runs.trained import existing_metrics, write_metrics
 
     if args.json and args.out:
         raise ConfigError("give --json FILE or --out DIR, not both")
@@ -162,6 +162,7 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     check_output(target or located.default_metrics_path(), inputs, owner=located.owner,
                  replaces=[located.default_metrics_path()],
                  what="--json" if args.json else "--out")  # fmt: skip
+    existing_metrics(target or located.default_metrics_path())  # not a JSON object: refused before any work
     trained, splits, config = _trained_and_test_pairs(args)
     table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
     print(format_retrieval_table(table))
@@ -460,15 +461,22 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     ``iiae: warning: ...`` line on the ``iiae`` logger, never Python's two-line format with a source line; a
     library's deprecation notice as a debug message (-v)."""
     text = one_line(" ".join(str(message).split()))[:300]
+    if text in _SHOWN:  # once per command: torch repeats its C++ warnings at every call
+        return
+    _SHOWN.add(text)
     if issubclass(category, DEVELOPER_WARNINGS):
         WARNINGS.debug("iiae: note: %s (%s, %s:%s)", text, category.__name__, Path(filename).name, lineno)
     else:
         WARNINGS.warning("iiae: warning: %s", text)
 
 
+_SHOWN: set[str] = set()  # the warnings this command has shown
+
+
 def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():  # restored on return: main() may run in a test or a notebook
         warnings.showwarning = show_warning
+        _SHOWN.clear()
         return _main(argv)
 
 

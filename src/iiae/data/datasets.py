@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from iiae.core.config import DataConfig, ExperimentConfig, ModelConfig
 from iiae.data.cars import TEST_CARS, TRAIN_CARS, car_files, load_cars
 from iiae.data.download import ensure_pix2pix_dataset
@@ -154,4 +156,16 @@ def build_splits(config: ExperimentConfig, *, for_training: bool = True) -> Pair
     for name, pairs in (("training", splits.train), ("test", splits.test)):
         if len(pairs) == 0:
             raise DataError(f"the {name} split of {splits.source} holds no pairs: a run needs training and test pairs")
+    if for_training:  # evaluation checks the data against the loaded model instead (iiae.cli.main)
+        _check_channels(splits, config)
     return splits
+
+
+def _check_channels(splits: PairedSplits, config: ExperimentConfig) -> None:
+    """DataError, before any training, when the data's images do not have the channels the config's model takes
+    (``--set model.x_channels=1`` on colour pairs failed inside the first convolution)."""
+    for domain, images, channels in (("x", splits.test.x, config.model.x_channels),
+                                     ("y", splits.test.y, config.model.y_channels)):  # fmt: skip
+        if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] != channels:
+            raise DataError(f"the {domain.upper()} images of {splits.source} have {images.shape[1]} channels but "
+                            f"model.{domain}_channels is {channels}: set it to {images.shape[1]} or leave it out")

@@ -33,7 +33,7 @@ from iiae.engine.checkpoint_files import (
 )
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.evaluation.measures import MEASURE_KEYS
-from iiae.readers import parse_json, read_bytes
+from iiae.readers import read_json_object
 from iiae.run_files import CHECKPOINTS, CONFIG, METRICS, MODEL_DIR
 from iiae.runs.metrics import Evaluated
 
@@ -150,6 +150,15 @@ def load_trained(path: str | Path) -> TrainedModel:
     return TrainedModel(model, located.source, _run_config(run_dir) if run_dir else None, run_dir, None)
 
 
+def existing_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics file ``path`` holds already (``{}``: none), read bounded (at most 16 MB, nested at most 32
+    levels: iiae.readers); OutputError when it is not a JSON object (it is never replaced)."""
+    try:
+        return read_json_object(path, MAX_METRICS_BYTES, "metrics file", OutputError)
+    except OutputError as error:
+        raise OutputError(f"{error}: it is kept as it is; choose another --json path") from None
+
+
 def write_metrics(
     path: str | Path,
     table: dict,
@@ -170,15 +179,7 @@ def write_metrics(
     ``shift_suite_key`` (``validation_shift_suite`` for the suite on validation digits).
     """
     path = Path(path)
-    existing: dict[str, Any] = {}
-    if path.is_file():
-        try:  # bounded: at most 16 MB, nested at most 32 levels (iiae.readers)
-            existing = parse_json(read_bytes(path, MAX_METRICS_BYTES, "metrics file", OutputError), str(path),
-                                  OutputError)  # fmt: skip
-        except OutputError as error:
-            raise OutputError(f"{error}; {path} exists and is not a metrics file: choose another --json path") from None
-        if not isinstance(existing, dict):
-            raise OutputError(f"{path} exists and does not hold a JSON object; choose another --json path")
+    existing = existing_metrics(path)
     existing["retrieval"] = table
     if shift_suite is not None:  # iiae.evaluation.shift_suite; a file's earlier suite is kept otherwise
         existing[shift_suite_key] = shift_suite

@@ -16,6 +16,7 @@ from iiae.atomic import atomic_write_json
 from iiae.core.config import apply_overrides
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.outputs import check_output
+from iiae.readers import read_json_object
 from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
 
 
@@ -96,8 +97,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ConfigError as error:  # e.g. an image run's folder: its config has other keys
         raise CheckpointError(f"{run} is not a zs-sbir run folder: {error}") from None
     config = build_zs_config(args, base=saved)
+    existing: dict = {}
     if args.json:
         check_output(args.json, run_inputs(run) + zs_inputs(args, config), owner=run, what="--json")
+        try:  # before any work: a file that is not a JSON object is never replaced
+            existing = read_json_object(args.json, what="--json file", error=OutputError)
+        except OutputError as error:
+            raise OutputError(f"{error}: it is kept as it is; choose another --json path") from None
     from iiae.zsbir.baseline import load_model
     from iiae.zsbir.train import build_split, evaluate_model
 
@@ -108,9 +114,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     split, _, _ = build_split(config)
     retrieval = evaluate_model(load_model(run / "model"), split, config)
     print(" ".join(f"{name}={value:.4f}" for name, value in retrieval.items() if name.startswith(("map", "prec"))))
-    if args.json:
+    if args.json:  # an existing file keeps its other keys, as with iiae evaluate --json
         try:
-            atomic_write_json(args.json, {"retrieval": retrieval})
+            atomic_write_json(args.json, {**existing, "retrieval": retrieval})
         except OSError as error:
             raise OutputError(f"cannot write {args.json}: {error.strerror or error}") from None
     return 0
