@@ -220,3 +220,12 @@ def test_a_huge_path_argument_gives_one_bounded_line(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert err.startswith("iiae: error: ") and err.count("\n") == 1 and len(err) < 1100
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("count", ["0", "65", "99999999999999999999"])
+def test_translate_count_is_bounded_before_any_work(tmp_path, capsys, count):
+    """--count beyond the grid's 64 columns (10^20 took 8.5 GB) is refused before the model is read."""
+    import iiae.cli.main as cli
+
+    assert cli.main(["translate", str(tmp_path / "absent"), "--count", count, "--out", str(tmp_path / "f")]) == 2
+    assert "--count must be in [1, 64]" in capsys.readouterr().err and not (tmp_path / "f").exists()

@@ -154,3 +154,21 @@ def test_a_tar_bomb_member_is_refused_from_its_header_and_an_existing_root_is_ke
         assert "of 2,147,483,648 bytes: no image of the facades dataset" in capsys.readouterr().err
         assert root.exists() == existed and (not existed or list(root.iterdir()) == [])
     assert not (tmp_path / "new").exists()
+
+
+def test_an_archive_of_text_files_named_like_images_is_not_the_dataset(tmp_path, monkeypatch, capsys):
+    """The right number of files with the right names is not enough: every image must decode."""
+    import tarfile
+
+    monkeypatch.setitem(download.EXPECTED_COUNTS, "facades", {"train": 2, "val": 1, "test": 1})
+    archive = tmp_path / "facades.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, count in download.EXPECTED_COUNTS["facades"].items():
+            for index in range(1, count + 1):
+                text = tmp_path / f"{split}{index}.txt"
+                text.write_text("not an image")
+                tar.add(text, f"facades/{split}/{index}.jpg")
+    root = tmp_path / "root"
+    assert main(["data", "download", "facades", "--root", str(root), "--archive", str(archive)]) == 2
+    error = capsys.readouterr().err
+    assert "is not the facades dataset" in error and "cannot be decoded" in error and not root.exists()

@@ -276,3 +276,32 @@ def test_feature_vector_models_are_refused(tmp_path, capsys):
     expect_error(capsys, ["translate", str(folder), "--images", str(image), "--direction", "x-to-y",
                           "--out", str(tmp_path / "out")], "feature-vector model")  # fmt: skip
     assert json.loads((folder / "config.json").read_text())["model"]["architecture"] == "mlp"
+
+
+@pytest.mark.parametrize("damage", ["negative batch-norm variance", "weights near the float32 limit"])
+def test_finite_weights_that_compute_nan_are_refused_not_used(model_folder, tmp_path, capsys, damage):
+    """Finite weights can still compute NaN or Inf (a tampered batch-norm variance below 0, every weight 3e38):
+    translate and retrieve refuse with one line naming the part of the model, never a ranking of nan or a
+    constant image with status 0."""
+    from safetensors.torch import load_file, save_file
+
+    weights = model_folder / "model.safetensors"
+    state = load_file(weights)
+    variances = [name for name in state if name.endswith("running_var")]
+    if damage.startswith("negative"):
+        assert variances, "the tiny model has no batch norm to damage"
+        state = {name: -tensor - 1 if name in variances else tensor for name, tensor in state.items()}
+    else:
+        state = {name: torch.full_like(tensor, 3e38) if tensor.is_floating_point() else tensor
+                 for name, tensor in state.items()}  # fmt: skip
+    save_file(state, weights)
+    good = noise_images(tmp_path / "good", 2)
+    out, panel = tmp_path / "out", tmp_path / "panel.png"
+    expect_error(capsys, ["translate", str(model_folder), "--direction", "x-to-y", "--out", str(out), "--images",
+                          str(good[0])], "the model's", "NaN or infinite")  # fmt: skip
+    shared_damaged = not damage.startswith("negative") or any("shared" in name for name in variances)
+    if shared_damaged:  # retrieval reads the shared encoders only
+        expect_error(capsys, ["retrieve", str(model_folder), "--query", str(good[0]), "--gallery",
+                              str(tmp_path / "good"), "--out", str(panel), "--cache-dir", str(tmp_path / "c")],
+                     "NaN or infinite")  # fmt: skip
+    assert not out.exists() and not panel.exists()

@@ -146,10 +146,11 @@ def read_bytes(path: str | Path, limit: int, what: str = "file", error: type[IIA
 
 
 def read_text(path: str | Path, limit: int = 1 << 20, what: str = "file", error: type[IIAEError] = DataError) -> str:
-    """:func:`read_bytes` as UTF-8 text; ``error`` naming the byte offset when it is not UTF-8."""
+    """:func:`read_bytes` as UTF-8 text (a leading byte-order mark dropped); ``error`` naming the byte offset when it
+    is not UTF-8."""
     data = read_bytes(path, limit, what, error)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # the byte-order mark some editors write (Notepad)
     except UnicodeDecodeError as failure:
         raise error(f"{what} {path} is not UTF-8 text (byte {failure.start}: {data[failure.start:failure.start + 1]!r})"
                     ) from None  # fmt: skip

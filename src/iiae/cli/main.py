@@ -28,6 +28,7 @@ from iiae.cli.options import build_config
 from iiae.data.paired_images import IMAGE_SUFFIXES
 from iiae.errors import ConfigError, IIAEError, RunInterrupted, bounded
 from iiae.outputs import check_output, check_outputs
+from iiae.readers import quote
 from iiae.version import __version__
 from iiae.zsbir.cli import (  # iiae zs-sbir train|evaluate|retrieve
     add_retrieve_flags,
@@ -200,8 +201,9 @@ def _command_translate(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; expected a folder for translation.png, analogy.png, traversal.png")
     count = 8 if args.count is None else args.count
-    if count < 1:
-        raise ConfigError(f"--count must be >= 1, got {count}")
+    if not 1 <= count <= MAX_FIGURE_PAIRS:  # a figure of 10^20 columns took 8.5 GB before it failed
+        raise ConfigError(f"--count must be in [1, {MAX_FIGURE_PAIRS}] (test pairs in the translation grid), "
+                          f"got {quote(count)}")  # fmt: skip
     located, inputs = _model_inputs(args)
     names = [TRANSLATION_FIGURE, ANALOGY_FIGURE, TRAVERSAL_FIGURE]
     check_output(out, inputs, owner=located.owner, folder=True)
@@ -217,6 +219,8 @@ def _command_translate(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0
 
+
+MAX_FIGURE_PAIRS = 64  # columns of the translation grid
 
 _DATA_SET_FLAGS = ("config", "data_source", "data_root", "set", "steps", "batch_size", "accelerator", "count")
 

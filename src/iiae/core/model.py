@@ -219,30 +219,38 @@ class IIAE(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------ public codes
+    def _finite(self, values: torch.Tensor, part: str) -> torch.Tensor:
+        """``values`` a trained model computed, checked finite outside training (:func:`check_finite_codes`: finite
+        weights can still compute NaN, e.g. a negative batch-norm variance or weights near the float32 limit);
+        training has its own guard (iiae.engine.guards)."""
+        return values if self.training else check_finite_codes(values, f"the model's {part}")
+
     def encode_shared_x(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of r^x(z^s | x): the shared code of a domain-X image (shape [N, C, s, s]; flat architectures
         [N, shared_channels])."""
-        return self._gaussian(self.shared_encoder_x.head(self.shared_encoder_x(self.standardise_x(x)))).mean
+        features = self.shared_encoder_x(self.standardise_x(x))
+        return self._finite(self._gaussian(self.shared_encoder_x.head(features)).mean, "shared encoder r^x")
 
     def encode_shared_y(self, y: torch.Tensor) -> torch.Tensor:
         """Mean of r^y(z^s | y): the shared code of a domain-Y image."""
-        return self._gaussian(self.shared_encoder_y.head(self.shared_encoder_y(self.standardise_y(y)))).mean
+        features = self.shared_encoder_y(self.standardise_y(y))
+        return self._finite(self._gaussian(self.shared_encoder_y.head(features)).mean, "shared encoder r^y")
 
     def encode_exclusive_x(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of q(z^x | x): what only domain X holds (shape [N, exclusive_dim])."""
-        return self._gaussian(self.exclusive_encoder_x(self.standardise_x(x))).mean
+        return self._finite(self._gaussian(self.exclusive_encoder_x(self.standardise_x(x))).mean, "encoder q(z^x|x)")
 
     def encode_exclusive_y(self, y: torch.Tensor) -> torch.Tensor:
         """Mean of q(z^y | y)."""
-        return self._gaussian(self.exclusive_encoder_y(self.standardise_y(y))).mean
+        return self._finite(self._gaussian(self.exclusive_encoder_y(self.standardise_y(y))).mean, "encoder q(z^y|y)")
 
     def decode_x(self, exclusive_x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """Mean of p(x | z^x, z^s): an image in [-1, 1] (mlp: standardised features)."""
-        return self.decoder_x(exclusive_x, shared)
+        return self._finite(self.decoder_x(exclusive_x, shared), "decoder p(x|z^x,z^s)")
 
     def decode_y(self, exclusive_y: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """Mean of p(y | z^y, z^s): an image in [-1, 1] (mlp: standardised features)."""
-        return self.decoder_y(exclusive_y, shared)
+        return self._finite(self.decoder_y(exclusive_y, shared), "decoder p(y|z^y,z^s)")
 
     def sample_exclusive(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` exclusive codes drawn from the prior N(0, I)."""

@@ -24,6 +24,7 @@ from typing import IO
 
 from iiae.atomic import remove_stale_temporaries, temporary_name
 from iiae.data.fetch import check_known_hash, fetch_file, file_matches
+from iiae.data.image_modes import ImageFileError, open_image
 from iiae.data.paired_images import IMAGE_SUFFIXES
 from iiae.errors import ConfigError, DataError, OutputError
 
@@ -122,6 +123,13 @@ def unpack_pix2pix_archive(name: str, archive: Path, root: Path, shown: Path | N
     if wrong:
         where = f" in {root}" if shown == root else f"; nothing was written to {shown}"  # staged: removed
         raise DataError(f"archive {archive} is not the {name} dataset: {', '.join(wrong)} images{where}")
+    for split in expected:  # every file decodes (text files named .jpg in the right numbers are no dataset)
+        for path in sorted((root / split).iterdir()):
+            try:
+                open_image(path).close()
+            except ImageFileError as error:
+                reason = str(error).replace(str(path), f"{split}/{path.name}")
+                raise DataError(f"archive {archive} is not the {name} dataset: {reason}") from None
     return written
 
 

@@ -32,6 +32,7 @@ CONFIG_FILE, WEIGHTS_FILE = "feature_extractor.json", "feature_extractor.safeten
 FORMAT = "iiae-zsbir-feature-extractor/1"
 EMBED_BATCH = 64  # images per inference batch (and per decoding task)
 
+MAX_LAYER_WIDTH = 1 << 14  # channels of a small CNN layer a description may name (a 10^9-wide one: no network)
 MAX_DESCRIPTION_BYTES = 1 << 20  # a feature extractor's config.json is a few kB
 
 
@@ -172,6 +173,10 @@ def _build_network(backbone: str, meta: dict, folder: Path) -> nn.Module:
     if backbone == "small_cnn":
         try:
             config = FeatureNetConfig(widths=list(architecture["widths"]), feature_dim=int(architecture["feature_dim"]))
+            sizes = [*config.widths, config.feature_dim, int(architecture["num_classes"])]
+            if not all(type(size) is int and 0 < size <= MAX_LAYER_WIDTH for size in sizes) or len(sizes) > 34:
+                raise ValueError(f"widths, feature_dim and num_classes must be integers in [1, {MAX_LAYER_WIDTH}] "
+                                 f"(at most 32 layers), got {quote(sizes)}")  # fmt: skip
             return SmallCNN(config, int(architecture["num_classes"]))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{folder / CONFIG_FILE}: invalid small CNN architecture ({error})") from None
