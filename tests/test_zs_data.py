@@ -115,3 +115,17 @@ def test_cli_exits_2_with_one_line_for_bad_data(tmp_path, capsys):
     assert status == 2 and "data.root is not set" in err
     assert main(["zs-sbir", "evaluate", str(tmp_path)]) == 2
     assert "not a zs-sbir run folder" in capsys.readouterr().err
+
+
+def test_a_split_must_leave_two_seen_classes(tmp_path):
+    """A class-level batch holds one pair per seen class and batch norm needs two: an --unseen list leaving one
+    class is refused with the split (it failed inside the first training step, status 1)."""
+    from iiae.errors import DataError
+    from iiae.zsbir.features import resolve_unseen
+
+    classes = ["apple", "bat", "cat", "door"]
+    (tmp_path / "unseen.txt").write_text("\ufeffapple\nbat\ncat\n")  # a byte-order mark, as Notepad writes
+    with pytest.raises(DataError, match="makes 3 of 4 classes unseen; one class is left"):
+        resolve_unseen(str(tmp_path / "unseen.txt"), classes)
+    (tmp_path / "unseen.txt").write_text("\ufeffapple\nbat\n")
+    assert resolve_unseen(str(tmp_path / "unseen.txt"), classes) == ["apple", "bat"]

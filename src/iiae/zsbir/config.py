@@ -28,6 +28,7 @@ from iiae.readers import quote
 
 #: Keys that may differ between a zero-shot run and its resumption (``iiae zs-sbir train --resume``): how long to
 #: train, where it runs and where the data and the feature cache are.
+MAX_THREADS = 256  # torch CPU threads a config may ask for
 RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.accelerator", "train.threads", "data.root",
                      "feature_net.cache_dir", "feature_net.workers"}  # fmt: skip
 
@@ -185,6 +186,9 @@ class ZSConfig:
                            ("train.steps", self.train.steps), ("train.threads", self.train.threads)):
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        if self.train.threads > MAX_THREADS:  # 10,000 threads: libgomp cannot create them (status 1)
+            raise ConfigError(f"train.threads must be at most {MAX_THREADS} (0: torch's default), got "
+                              f"{quote(self.train.threads)}")  # fmt: skip
         if self.train.epochs == 0 and self.train.steps == 0:
             raise ConfigError("train.epochs or train.steps must be > 0")
         for key in ("hidden_dims",):

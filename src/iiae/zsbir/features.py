@@ -197,8 +197,10 @@ def resolve_unseen(spec: str, classes: list[str], count: int = 25, seed: int = 0
             raise DataError(
                 f"{where} names class {name!r}, which is not in the data ({len(classes)} classes: {shown})"
             )
-    if len(names) == len(classes):
-        raise DataError(f"{where} makes every class unseen; no class is left to train on")
+    if len(names) >= len(classes) - 1:  # a batch holds one pair per seen class; batch norm needs two
+        left = "no class is" if len(names) == len(classes) else "one class is"
+        raise DataError(f"{where} makes {len(names)} of {len(classes)} classes unseen; {left} left to train on "
+                        "(a class-level batch needs at least 2 seen classes)")  # fmt: skip
     return sorted(names)
 
 
@@ -227,6 +229,9 @@ def _finish(train_sketch, train_image, test_sketch, test_image, seen, unseen, so
                        ("test sketches", test_sketch), ("test photos", test_image)):
         if len(rows) == 0:
             raise DataError(f"{source}: no {name} after the seen/unseen split ({len(unseen)} unseen classes)")
+    if len(set(train_sketch.class_names())) < 2:  # a batch holds one pair per seen class; batch norm needs two
+        raise DataError(f"{source}: {len(set(train_sketch.class_names()))} seen class after the seen/unseen split; "
+                        "a class-level batch needs at least 2")  # fmt: skip
     missing = sorted(set(train_sketch.class_names()) ^ set(train_image.class_names()))
     if missing:
         raise DataError(f"{source}: seen class {missing[0]!r} has sketches or photos but not both; "
