@@ -605,3 +605,26 @@ def test_text_that_is_not_utf8_is_the_users_error_not_a_bug(monkeypatch, capsys)
 
     monkeypatch.setattr(data, "_command_export", read_latin1)
     expect_error(capsys, ["data", "export", "mnist-cdcb", "--out", "x"], "not valid UTF-8", "b'\\xe9'")
+
+
+def test_sigterm_outside_training_unwinds_and_leaves_no_staged_output(tmp_path, monkeypatch, capsys):
+    """SIGTERM while a command writes a staged folder (data export, export, figures): status 143, one line, the
+    staging folder removed and the target never created; the process's own SIGTERM handler is restored."""
+    import signal
+    import time
+
+    import iiae.cli.main as cli
+    from iiae.atomic import atomic_folder
+
+    def command(args):
+        with atomic_folder(tmp_path / "out") as staging:
+            (staging / "half.png").write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+        return 0
+
+    monkeypatch.setattr(cli, "_command_export", command)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["export", "run", "--out", "m"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "iiae: stopped by SIGTERM\n"
+    assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == before

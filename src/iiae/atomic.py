@@ -22,10 +22,18 @@ from typing import IO, Any
 from iiae.errors import OutputError
 from iiae.run_files import ERROR_LOG
 
+TEMPORARY_STEM_BYTES = 160  # of the target's name kept in a temporary name: file names hold at most 255 bytes
+
 
 def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this process and call (``.<name>.<pid>-<random>.tmp``)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    """A hidden name beside ``path``, unique to this process and call (``.<name>.<pid>-<random>.tmp``). A long
+    name is cut (to :data:`TEMPORARY_STEM_BYTES` bytes, whole characters) so that the temporary name stays within
+    the file system's 255 bytes whenever the target's name does: a 250-character output name must be writable."""
+    name = path.name
+    if len(os.fsencode(name)) > TEMPORARY_STEM_BYTES:
+        name = os.fsencode(name)[:TEMPORARY_STEM_BYTES].decode("utf-8", "ignore") or "output"
+        name = os.fsdecode(os.fsencode(name))
+    return path.with_name(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
 TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")  # what temporary_name() makes

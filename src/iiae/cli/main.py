@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn
@@ -477,11 +479,26 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
 _SHOWN: set[str] = set()  # the warnings this command has shown
 
 
+class Terminated(BaseException):
+    """SIGTERM outside training (training finishes its step and checkpoints: iiae.engine.guards.GracefulStop):
+    unwinds the command like Ctrl-C, so that staged outputs and temporary files are removed on the way out."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    with warnings.catch_warnings():  # restored on return: main() may run in a test or a notebook
-        warnings.showwarning = show_warning
-        _SHOWN.clear()
-        return _main(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        with warnings.catch_warnings():  # restored on return: main() may run in a test or a notebook
+            warnings.showwarning = show_warning
+            _SHOWN.clear()
+            return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -506,6 +523,9 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("iiae: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("iiae: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as error:  # disk full, read-only, permission: the machine's, not a bug. Runs stay resumable
         where = f": {error.filename}" if error.filename else ""  # a 10 MB path argument: bounded below
         print(f"iiae: error: {one_line(bounded(f'{error.strerror or error}{where}'))}", file=sys.stderr)

@@ -222,11 +222,18 @@ class FileRetrieval:
 
     def lines(self) -> list[str]:
         """One line per match: rank, score, path."""
-        return [f"{match.rank:4d}  {match.score:.4f}  {match.path}" for match in self.matches]
+        return [f"{match.rank:4d}  {match.score:.4f}  {one_line_path(match.path)}" for match in self.matches]
 
     def panel_results(self, abbreviation: str) -> list[tuple[Path, str]]:
         """(path, ``#rank <abbreviation> <score>``) of each match, the titles of the panel's images."""
         return [(match.path, f"#{match.rank} {abbreviation} {match.score:.4g}") for match in self.matches]
+
+
+def one_line_path(path: Path | str) -> str:
+    """``path`` on one line: a line break or other control character in a file name shown escaped (``\\n``), so
+    one printed line is one match."""
+    text = str(path)  # the surrogates of a name that is not UTF-8 stay: the command line prints them as \xff
+    return "".join(char if char.isprintable() or "\udc80" <= char <= "\udcff" else repr(char)[1:-1] for char in text)
 
 
 def format_retrieval_table(table: dict[str, dict[str, float]]) -> str:
