@@ -628,3 +628,22 @@ def test_sigterm_outside_training_unwinds_and_leaves_no_staged_output(tmp_path, 
     assert cli.main(["export", "run", "--out", "m"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "iiae: stopped by SIGTERM\n"
     assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_cache_folder_is_never_inside_what_the_command_reads(tmp_path, monkeypatch):
+    """$IIAE_CACHE_DIR inside the data folder of the running command (evaluate's digit classifier, zs-sbir's
+    features) is refused by the cache's own check, which sees the command's inputs (iiae.outputs)."""
+    from iiae.cache import cache_root
+    from iiae.outputs import add_command_inputs, clear_command_inputs
+
+    data = tmp_path / "idx"
+    data.mkdir()
+    monkeypatch.setenv("IIAE_CACHE_DIR", str(data / "cache"))
+    clear_command_inputs()
+    add_command_inputs([data, None])
+    try:
+        with pytest.raises(OutputError, match=r"\$IIAE_CACHE_DIR .* is inside the input folder"):
+            cache_root()
+    finally:
+        clear_command_inputs()
+    assert cache_root() == data / "cache"

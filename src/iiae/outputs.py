@@ -82,6 +82,21 @@ def _folder_kind(folder: Path) -> str | None:
     return None
 
 
+_COMMAND_INPUTS: list[Path] = []  # what the running command reads (add_command_inputs); main() starts it empty
+
+
+def add_command_inputs(paths: Iterable[str | Path | None]) -> None:
+    """Record files and folders the running command reads: every later :func:`check_output` of the command
+    refuses targets among or inside them too, also where the caller does not know them (the cache folder that
+    ``$IIAE_CACHE_DIR`` names, checked by :func:`iiae.cache.cache_root`)."""
+    _COMMAND_INPUTS.extend(Path(path) for path in paths if path)
+
+
+def clear_command_inputs() -> None:
+    """A new command reads nothing yet (the command line calls it first; a notebook may run several commands)."""
+    _COMMAND_INPUTS.clear()
+
+
 def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: str | Path | None = None,
                  folder: bool = False, what: str = "--out", replaces: Iterable[str | Path] = ()) -> Path:  # fmt: skip
     """``target`` as a Path when a command may write it (a file, or with ``folder`` a folder it creates or fills);
@@ -105,7 +120,7 @@ def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: s
         if not folder and not stat.S_ISREG(mode):
             raise OutputError(f"{what} {target} is {_kind(mode)}; expected a regular file to write (or a new name)")
     resolved = _resolved(target)
-    for source in inputs:
+    for source in [*inputs, *_COMMAND_INPUTS]:
         source = Path(source)
         source_resolved = _resolved(source)
         if (mode is not None and _same_file(target, source)) or resolved == source_resolved:

@@ -29,7 +29,7 @@ from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
 from iiae.data.paired_images import IMAGE_SUFFIXES
 from iiae.errors import ConfigError, IIAEError, RunInterrupted, bounded
-from iiae.outputs import check_output, check_outputs
+from iiae.outputs import add_command_inputs, check_output, check_outputs, clear_command_inputs
 from iiae.readers import quote
 from iiae.version import __version__
 from iiae.zsbir.cli import (  # iiae zs-sbir train|evaluate|retrieve
@@ -107,7 +107,9 @@ def _model_inputs(args: argparse.Namespace):
     located = locate_model(args.model)
     saved = located.run_dir / CONFIG if located.run_dir is not None else None
     base = load_saved_config(saved) if saved is not None and not args.config else None
-    return located, located.inputs + _config_inputs(args, build_config(args, base))
+    inputs = located.inputs + _config_inputs(args, build_config(args, base))
+    add_command_inputs(inputs)  # also for the cache folders it writes (iiae.outputs)
+    return located, inputs
 
 
 def _command_export(args: argparse.Namespace) -> int:
@@ -454,6 +456,9 @@ def configure_logging(verbosity: int) -> None:
     # says itself: shown with -v only; its warnings always.
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    # matplotlib's notes about its own cache folder (an unwritable $XDG_CACHE_HOME: "mkdir -p failed ...", then it
+    # uses a temporary one) are no concern of the command's: shown with -v only
+    logging.getLogger("matplotlib").setLevel(logging.WARNING if verbosity > 0 else logging.ERROR)
 
 
 WARNINGS = logging.getLogger("iiae.warnings")
@@ -495,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # restored on return: main() may run in a test or a notebook
             warnings.showwarning = show_warning
             _SHOWN.clear()
+            clear_command_inputs()
             return _main(argv)
     finally:
         if in_main_thread:

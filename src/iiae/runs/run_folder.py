@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -36,8 +37,11 @@ LOG = logging.getLogger("iiae.runs")
 
 # ------------------------------------------------------------------------------------------------ new runs
 def default_run_dir(config: ExperimentConfig, root: str | Path = "runs") -> Path:
-    """``runs/<config name>-<date>-<time>``; a suffix keeps it fresh if that already exists."""
-    base = Path(root) / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<config name>-<date>-<time>``; a suffix keeps it fresh if that already exists. The name becomes one
+    plain folder name (every character but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``, no leading
+    dot, at most 100 characters): a config ``name: ../../x`` or ``/tmp/x`` never puts the run outside ``root``."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(config.name))[:100].lstrip(".") or "run"
+    base = Path(root) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     candidate, index = base, 1
     while candidate.exists():
         candidate, index = Path(f"{base}-{index}"), index + 1

@@ -61,7 +61,7 @@ from iiae.errors import OutputError
 from iiae.evaluation.figures import save_figures, save_loss_curves
 from iiae.evaluation.measures import run_measures
 from iiae.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
-from iiae.outputs import check_output
+from iiae.outputs import add_command_inputs, check_output
 from iiae.run_files import (
     CHECKPOINTS,
     CONFIG,
@@ -123,6 +123,7 @@ def train_and_evaluate(
     if rank > 0:  # DDP: process 0 creates, locks and writes the folder; the others only train
         return execute(image_job(config, build_splits(config)), out_dir, progress, checkpoint_path)
     # never inside the data, nor another run's or model's folder (iiae.outputs); a resumed run writes its own
+    add_command_inputs([config.data.root])  # the digit classifier's cache is never written into the data
     check_output(out_dir, [config.data.root] if config.data.root else [], owner=out_dir if resume else None,
                  folder=True, what="--resume" if resume else "--out")  # fmt: skip
     if not resume:

@@ -15,7 +15,7 @@ from pathlib import Path
 from iiae.atomic import atomic_write_json
 from iiae.core.config import apply_overrides
 from iiae.errors import CheckpointError, ConfigError, OutputError
-from iiae.outputs import check_output
+from iiae.outputs import add_command_inputs, check_output
 from iiae.readers import read_json_object
 from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
 
@@ -48,6 +48,7 @@ def check_retrieval_outputs(args: argparse.Namespace, inputs: list[Path], owner:
     """``iiae retrieve`` and ``iiae zs-sbir retrieve``: the panel --out and the --cache-dir are none of the inputs
     (the model's or run's files, the query, the gallery) nor inside them."""
     inputs = [*inputs, Path(args.query), Path(args.gallery)]
+    add_command_inputs(inputs)
     check_output(args.out, inputs, owner=owner)
     if args.cache_dir is not None:
         check_output(args.cache_dir, inputs, folder=True, what="--cache-dir")
@@ -77,6 +78,10 @@ def _train(args: argparse.Namespace) -> int:
         check_resume_config(saved, config, out, RESUMABLE_CHANGES)
     check_output(out, zs_inputs(args, config), owner=out if args.resume is not None else None, folder=True,
                  what="--out" if args.resume is None else "--resume")  # fmt: skip
+    data_inputs = [path for path in zs_inputs(args, config) if path != Path(config.feature_net.cache_dir or "")]
+    add_command_inputs(data_inputs)  # the cache folder (--cache-dir, $IIAE_CACHE_DIR) is never inside the data
+    if config.feature_net.cache_dir:
+        check_output(config.feature_net.cache_dir, data_inputs, folder=True, what="feature_net.cache_dir (--cache-dir)")
     from iiae.zsbir.report import results_table
     from iiae.zsbir.train import run_zs_sbir
 
@@ -98,6 +103,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{run} is not a zs-sbir run folder: {error}") from None
     config = build_zs_config(args, base=saved)
     existing: dict = {}
+    add_command_inputs(run_inputs(run) + [path for path in zs_inputs(args, config)
+                                          if path != Path(config.feature_net.cache_dir or "")])  # fmt: skip
     if args.json:
         check_output(args.json, run_inputs(run) + zs_inputs(args, config), owner=run, what="--json")
         try:  # before any work: a file that is not a JSON object is never replaced
