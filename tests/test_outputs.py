@@ -146,16 +146,13 @@ def test_devices_fifos_sockets_and_folders_are_never_replaced_by_a_file(tmp_path
 
 
 def test_run_and_model_folders_are_written_only_by_their_own_commands(tmp_path):
-    """Nothing inside a run, model or sweep folder is written by another command; in its own folder a command
+    """Nothing inside a run or model folder is written by another command; in its own folder a command
     writes only what it regenerates by design (``replaces``: evaluate's metrics.json), never a figure, the report,
     a checkpoint or another file of the run; a resumed run's own folder is its output."""
     run = make_run_folder(tmp_path / "run", tmp_path / "idx")
     model = tiny_model().save_pretrained(tmp_path / "model")
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    (sweep / "summary.json").write_text("{}")
     for target in (run / "metrics.json", run / "report.md", run / "checkpoints" / "best.metrics.json",
-                   model / "metrics.json", sweep / "summary.md"):  # fmt: skip
+                   model / "metrics.json"):  # fmt: skip
         with pytest.raises(OutputError, match="which this command did not create"):
             check_output(target)  # no owner: another run's or model's files
     assert check_output(run / "metrics.json", owner=run, replaces=[run / "metrics.json"]) == run / "metrics.json"

@@ -6,7 +6,7 @@
   folder;
 - exists and is not a regular file (a folder where a file is expected, a FIFO, a device, a socket) — so a
   command never replaces ``/dev/null`` or a named pipe with a regular file;
-- lies inside a run, model or sweep folder: its files (config, checkpoints, model, logs, figures, report,
+- lies inside a run or model folder: its files (config, checkpoints, model, logs, figures, report,
   metrics) are written by the run alone, except the outputs a command regenerates in its own run or model
   folder by design (``replaces``: ``iiae evaluate RUN`` rewrites the run's metrics.json).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from iiae.atomic import fsync_folder, temporary_name
 from iiae.errors import OutputError
 from iiae.readers import quote
-from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, LOGS_DIR, METRICS, MODEL_DIR, SWEEP_SUMMARY
+from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, LOGS_DIR, METRICS, MODEL_DIR
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
@@ -71,14 +71,12 @@ def _same_file(first: Path, second: Path) -> bool:
 
 
 def _folder_kind(folder: Path) -> str | None:
-    """"run", "model" or "sweep" for a folder iiae wrote (see :func:`is_run_folder`, :func:`is_model_folder`; a
-    sweep folder holds summary.json), else None."""
+    """"run" or "model" for a folder iiae wrote (see :func:`is_run_folder`, :func:`is_model_folder`), else None.
+    A sweep's folder is neither: its runs are created inside it as the sweep goes (each one a run folder)."""
     if is_run_folder(folder):
         return "run"
     if is_model_folder(folder):
         return "model"
-    if (folder / SWEEP_SUMMARY).is_file():
-        return "sweep"
     return None
 
 
@@ -101,7 +99,7 @@ def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: s
                  folder: bool = False, what: str = "--out", replaces: Iterable[str | Path] = ()) -> Path:  # fmt: skip
     """``target`` as a Path when a command may write it (a file, or with ``folder`` a folder it creates or fills);
     else an OutputError naming ``what`` and the reason (see the module docstring). ``inputs``: every file and
-    folder the command reads. Nothing inside a run, model or sweep folder is ever written, except: ``owner``
+    folder the command reads. Nothing inside a run or model folder is ever written, except: ``owner``
     itself as a folder target (a resumed run), and inside ``owner`` the files of ``replaces``, the outputs the
     command regenerates there by design (``iiae evaluate RUN``: the run's metrics.json)."""
     if not str(target) or "\0" in str(target):
