@@ -94,6 +94,9 @@ def test_train_and_evaluate_through_the_cli_without_touching_unseen_classes(tmp_
     again = json.loads((tmp_path / "eval.json").read_text())["retrieval"]
     assert again["map_all"] == pytest.approx(metrics["retrieval"]["map_all"])
     assert len(seen_by_training) == 4  # evaluation read the cached features; nothing was retrained
+    (tmp_path / "other.txt").write_text("apple\nfan\n")  # apple: a class the run trained on
+    assert main(["zs-sbir", "evaluate", str(run), "--unseen", str(tmp_path / "other.txt")]) == 2
+    assert "data.unseen differs from the run's" in capsys.readouterr().err
 
     # the baseline and lambda = 0 on the same (cached) features
     assert main(["zs-sbir", "train", "--config", str(config), "--method", "supervised", "--out",

@@ -16,7 +16,7 @@ from iiae.atomic import atomic_write_json
 from iiae.core.config import apply_overrides
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.outputs import add_command_inputs, check_output
-from iiae.readers import read_json_object
+from iiae.readers import quote, read_json_object
 from iiae.run_files import CONFIG, FEATURE_EXTRACTOR_DIR, MODEL_DIR
 
 
@@ -102,6 +102,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ConfigError as error:  # e.g. an image run's folder: its config has other keys
         raise CheckpointError(f"{run} is not a zs-sbir run folder: {error}") from None
     config = build_zs_config(args, base=saved)
+    if saved is not None:  # the run's unseen classes: other ones would score classes it trained on as zero-shot
+        split_keys = ("unseen", "unseen_count", "split_seed")
+        changed = [key for key in split_keys if getattr(config.data, key, None) != getattr(saved.data, key, None)]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} differs from the run's ({quote(getattr(saved.data, changed[0]))}): "
+                              "evaluate scores the unseen classes the run was trained without; other classes "
+                              "may be ones it trained on")  # fmt: skip
     existing: dict = {}
     add_command_inputs(run_inputs(run) + [path for path in zs_inputs(args, config)
                                           if path != Path(config.feature_net.cache_dir or "")])  # fmt: skip
