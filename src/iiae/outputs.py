@@ -26,19 +26,11 @@ from pathlib import Path
 
 from iiae.atomic import fsync_folder, temporary_name
 from iiae.errors import OutputError
-from iiae.readers import quote
+from iiae.readers import file_kind, quote
 from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, LOGS_DIR, METRICS, MODEL_DIR
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):  # fmt: skip
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -113,10 +105,10 @@ def check_output(target: str | Path, inputs: Iterable[str | Path] = (), owner: s
         raise OutputError(f"{what} {quote(str(target))} cannot be checked: {error.strerror or error}") from None
     if mode is not None:
         if folder and not stat.S_ISDIR(mode):
-            raise OutputError(f"{what} {target} is {_kind(mode) if not stat.S_ISREG(mode) else 'a file'}; "
+            raise OutputError(f"{what} {target} is {file_kind(mode) if not stat.S_ISREG(mode) else 'a file'}; "
                               "expected a folder")  # fmt: skip
         if not folder and not stat.S_ISREG(mode):
-            raise OutputError(f"{what} {target} is {_kind(mode)}; expected a regular file to write (or a new name)")
+            raise OutputError(f"{what} {target} is {file_kind(mode)}; expected a regular file to write (or a new name)")
     resolved = _resolved(target)
     for source in [*inputs, *_COMMAND_INPUTS]:
         source = Path(source)

@@ -85,7 +85,8 @@ def _size(value: Any) -> str:
     return "cut"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, for a message: a folder, a FIFO (named pipe), a socket, a device."""
     for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):  # fmt: skip
         if test(mode):
@@ -104,7 +105,7 @@ def check_regular_file(path: str | Path, what: str = "file", error: type[IIAEErr
     except OSError as failure:
         raise error(f"{what} {path} cannot be read: {failure.strerror or failure}") from None
     if not stat.S_ISREG(mode):
-        raise error(f"{what} {path} is {_kind(mode)}; expected a regular file")
+        raise error(f"{what} {path} is {file_kind(mode)}; expected a regular file")
     return path
 
 
@@ -126,7 +127,7 @@ def open_regular(path: str | Path, what: str = "file", error: type[IIAEError] = 
     try:
         mode = os.fstat(handle).st_mode
         if not stat.S_ISREG(mode):
-            raise error(f"{what} {path} is {_kind(mode)}; expected a regular file")
+            raise error(f"{what} {path} is {file_kind(mode)}; expected a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(handle, True)
         return os.fdopen(handle, "rb")
