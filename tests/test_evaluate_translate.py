@@ -290,3 +290,12 @@ def test_a_metrics_file_edited_by_hand_is_read_bounded_and_never_breaks_the_repo
     (copy / "metrics.json").write_text(deep)
     _expect_error(capsys, ["evaluate", str(copy), "--no-measures"], "metrics.json", "nested deeper than")
     assert (copy / "metrics.json").read_text() == deep and not list(copy.glob(".*.tmp"))
+
+
+def test_set_of_a_model_key_cannot_change_the_trained_model(run, capsys):
+    """The model's architecture comes from the model: --set model.KEY asking for another value is refused, not
+    ignored (the same value is accepted)."""
+    out, _ = run
+    _expect_error(capsys, ["evaluate", str(out), "--no-measures", "--set", "model.exclusive_dim=3"],
+                  "--set model.exclusive_dim", "comes from the model")  # fmt: skip
+    _expect_error(capsys, ["translate", str(out), "--set", "model.image_size=32"], "comes from the model")

@@ -97,6 +97,8 @@ def test_train_and_evaluate_through_the_cli_without_touching_unseen_classes(tmp_
     (tmp_path / "other.txt").write_text("apple\nfan\n")  # apple: a class the run trained on
     assert main(["zs-sbir", "evaluate", str(run), "--unseen", str(tmp_path / "other.txt")]) == 2
     assert "data.unseen differs from the run's" in capsys.readouterr().err
+    assert main(["zs-sbir", "evaluate", str(run), "--set", "model.code_dim=8"]) == 2  # the run's model decides
+    assert "--set model.code_dim: the model comes from the run" in capsys.readouterr().err
 
     # the baseline and lambda = 0 on the same (cached) features
     assert main(["zs-sbir", "train", "--config", str(config), "--method", "supervised", "--out",

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from iiae.atomic import save_traceback
 from iiae.cli.options import build_config
+from iiae.core.config import refuse_overrides_of
 from iiae.data.paired_images import IMAGE_SUFFIXES
 from iiae.errors import ConfigError, IIAEError, RunInterrupted, bounded
 from iiae.outputs import add_command_inputs, check_output, check_outputs, clear_command_inputs
@@ -128,7 +129,10 @@ def _trained_and_test_pairs(args: argparse.Namespace):
     from iiae.runs.trained import load_trained
 
     trained = load_trained(args.model)
-    config = trained.experiment_config(build_config(args, None if args.config else trained.run_config))
+    requested = build_config(args, None if args.config else trained.run_config)
+    refuse_overrides_of(args.set or [], requested, trained.experiment_config(requested), ("model",),
+                        f"the model {trained.source}")  # fmt: skip
+    config = trained.experiment_config(requested)
     splits = build_splits(config, for_training=False)
     _check_channels(trained, splits.test)
     return trained, splits, config

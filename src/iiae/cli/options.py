@@ -28,3 +28,4 @@ def build_config(args: argparse.Namespace, base_config: ExperimentConfig | None 
     }
     values = (base_config or resolve_config(args.config)).to_dict()
     return config_from_dict(apply_overrides(values, args.set or [], flags))
+

@@ -447,6 +447,23 @@ def apply_overrides(
     return values
 
 
+def refuse_overrides_of(overrides: Iterable[str], requested: Any, fixed: Any, sections: tuple[str, ...],
+                        source: str) -> None:  # fmt: skip
+    """ConfigError when an override ``SECTION.KEY=VALUE`` (``--set``) of ``sections`` asks ``requested`` (the config built from the
+    flags) for another value than ``fixed`` (the config of the trained model, which a command that reads a model
+    cannot change): ``iiae evaluate RUN --set model.code_dim=8`` was ignored silently."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        section, _, name = key.partition(".")
+        if section not in sections or "." in name:
+            continue
+        wanted = getattr(getattr(requested, section), name, None)
+        actual = getattr(getattr(fixed, section), name, None)
+        if wanted != actual:
+            raise ConfigError(f"--set {key}: the {section} comes from {source} ({key} = {quote(actual)}); a command "
+                              f"that reads a trained model cannot change it (it applies to training)")  # fmt: skip
+
+
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Build and validate a config from a (possibly partial) nested mapping; missing keys take defaults."""
     if not isinstance(values, dict):

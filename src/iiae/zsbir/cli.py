@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from iiae.atomic import atomic_write_json
-from iiae.core.config import apply_overrides
+from iiae.core.config import apply_overrides, refuse_overrides_of
 from iiae.errors import CheckpointError, ConfigError, OutputError
 from iiae.outputs import add_command_inputs, check_output
 from iiae.readers import quote, read_json_object
@@ -102,6 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     except ConfigError as error:  # e.g. an image run's folder: its config has other keys
         raise CheckpointError(f"{run} is not a zs-sbir run folder: {error}") from None
     config = build_zs_config(args, base=saved)
+    if saved is not None:
+        refuse_overrides_of(args.set or [], config, saved, ("model", "feature_net"), f"the run {run}")
     if saved is not None:  # the run's unseen classes: other ones would score classes it trained on as zero-shot
         split_keys = ("unseen", "unseen_count", "split_seed")
         changed = [key for key in split_keys if getattr(config.data, key, None) != getattr(saved.data, key, None)]
