@@ -296,3 +296,26 @@ def test_a_copied_run_keeps_its_older_step_checkpoints_until_they_rotate_out(tmp
     for run in (original, copy):
         assert sorted(path.name for path in (run / "checkpoints").glob("step=*.ckpt")) == [
             "step=00000004.ckpt", "step=00000005.ckpt"], run  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path, capsys):
+    """data_files.json records the training data by content: a moved data folder resumes; a folder of other
+    digits under the same names is refused naming the file (it went on silently)."""
+    import gzip
+
+    data = tiny_idx_folder(tmp_path / "idx")
+    run = tmp_path / "run"
+    assert main(["train", *tiny_args(data), "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    (run / "metrics.json").unlink()  # as if it had been stopped: resumable
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    images = other / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(images.read_bytes())
+    images.write_bytes(gzip.compress(raw[:16] + bytes(255 - byte for byte in raw[16:])))  # inverted digits
+    capsys.readouterr()
+    expect_error(capsys, ["train", "--resume", str(run), "--steps", "3", "--data-root", str(other)],
+                 "train-images-idx3-ubyte.gz has other content", "resume it on the data it was trained on")  # fmt: skip
+    assert main(["train", "--resume", str(run), "--steps", "3", "--data-root", str(moved), "--no-progress"]) == 0

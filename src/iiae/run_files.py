@@ -9,6 +9,7 @@
     report.md                the run's report (REPORT), beside the figures it shows
     .iiae.lock               held while a process writes the folder (LOCK)
     error.log                the traceback of an unexpected failure, if one happened (ERROR_LOG)
+    data_files.json          the data files the run trains on, by content; --resume refuses other data (DATA_FILES)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ METRICS_LOG = Path(LOGS_DIR) / "metrics.csv"
 METRICS = "metrics.json"
 REPORT = "report.md"
 LOCK = ".iiae.lock"
+DATA_FILES = "data_files.json"
 ERROR_LOG = "error.log"  # the traceback of an unexpected failure during the run (a bug), for the bug report
 SWEEP_SUMMARY = "summary.json"
 SWEEP_SUMMARY_MARKDOWN = "summary.md"

@@ -25,12 +25,14 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from iiae.atomic import remove_stale_temporaries, save_traceback
+from iiae.atomic import atomic_write_json, remove_stale_temporaries, save_traceback
+from iiae.cache import file_listing
 from iiae.core.config import ExperimentConfig, load_config
 from iiae.core.model import training_memory
 from iiae.engine.checkpoint_files import checkpoint_files, early_stopped_step, newest_checkpoint
 from iiae.errors import CheckpointError, ConfigError, IIAEError, OutputError
-from iiae.run_files import CHECKPOINTS, CONFIG, LOCK, METRICS
+from iiae.readers import quote, read_json_object
+from iiae.run_files import CHECKPOINTS, CONFIG, DATA_FILES, LOCK, METRICS
 
 LOG = logging.getLogger("iiae.runs")
 
@@ -250,3 +252,38 @@ def resumable_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path | None
         raise ConfigError(f"--steps {config.train.steps} is below the step of the checkpoint it resumes from "
                           f"({step}, {path}); pass --steps N with N >= {step}")  # fmt: skip
     return path
+
+
+# ----------------------------------------------------------------------------------------------- the data, by content
+DATA_SUFFIXES = (".gz", ".mat", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def data_listing(root: Path) -> list[list]:
+    """[relative path, size, sha256] of every data file under ``root`` (IDX, Cars .mat, images; hidden files and
+    folders left out): what a run trains on, by content (:func:`iiae.cache.file_listing`)."""
+    files = [path for path in root.rglob("*") if (path.suffix.lower() in DATA_SUFFIXES or path.name.endswith("ubyte"))
+             and not any(part.startswith(".") for part in path.relative_to(root).parts) and path.is_file()]  # fmt: skip
+    return file_listing(root, sorted(files, key=lambda path: path.relative_to(root).as_posix()), "data file")
+
+
+def check_same_data(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
+    """A new run records its data files by content (``data_files.json``); a resumed one must find the same under
+    ``data.root`` (which may have moved), else ConfigError naming the first file that differs: a run continued on
+    other data (another folder of digits) went on silently. Runs without a data root (the bundled digits) and runs
+    from before this record are not checked."""
+    if not config.data.root or not Path(config.data.root).is_dir():
+        return
+    root, path = Path(config.data.root), run_dir / DATA_FILES
+    if not resume:
+        atomic_write_json(path, {"files": data_listing(root)})
+        return
+    if not path.is_file():
+        return
+    recorded = {entry[0]: entry for entry in read_json_object(path, what="run file", error=CheckpointError).get(
+        "files", []) if isinstance(entry, list) and entry}  # fmt: skip
+    current = {entry[0]: entry for entry in data_listing(root)}
+    for name in sorted(set(recorded) | set(current)):
+        if recorded.get(name) != current.get(name):
+            what = "is new" if name not in recorded else "is missing" if name not in current else "has other content"
+            raise ConfigError(f"cannot resume {run_dir} on --data-root {root}: {quote(name)[1:-1]} {what} (the run "
+                              f"trained on other data, {path.name}); resume it on the data it was trained on")  # fmt: skip

@@ -76,6 +76,7 @@ from iiae.runs.run_folder import (
     RunLock,
     check_memory,
     check_output_dir,
+    check_same_data,
     default_run_dir,
     resumable_checkpoint,
 )
@@ -130,6 +131,7 @@ def train_and_evaluate(
         check_output_dir(out_dir)
     splits = build_splits(config)  # data.dataset picks the builder (iiae.data.datasets.DATASETS); errors before any file
     with RunLock(out_dir, new_run=not resume):  # a second run on this folder refuses, even one started meanwhile
+        check_same_data(out_dir, config, resume)  # a resumed run trains on the data it started with
         return execute(image_job(config, splits), out_dir, progress, checkpoint_path)
 
 
