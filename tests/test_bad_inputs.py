@@ -98,7 +98,7 @@ def data(tmp_path_factory) -> Path:
         (["--set", "model.decoder_widths=[8,8,8]"], ["model.decoder_widths needs"]),
         (["--set", "model.decoder_dropout=1.0"], ["model.decoder_dropout must be in [0, 1)"]),
         (["--set", "loss.beta=0", "--set", "loss.lambda_=0"], ["loss.beta + loss.lambda_ must be > 0"]),
-        (["--set", "model.x_channels=1"], ["X images of", "have 3 channels but model.x_channels is 1"]),
+        (["--set", "model.x_channels=1"], ["domain X have shape (3,", "the config's model expects 1 channels"]),
     ],
 )
 def test_bad_flags_and_values(tmp_path, capsys, flags, fragments):

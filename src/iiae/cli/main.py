@@ -125,7 +125,7 @@ def _trained_and_test_pairs(args: argparse.Namespace):
     """The trained model (run folder, model folder or .ckpt; see iiae.runs.trained), its run's config (unless --config
     is given; flags apply on top, the model's own architecture always wins) and that config's test pairs (an image
     folder may hold its test pairs alone: no training split is read)."""
-    from iiae.data.datasets import build_splits
+    from iiae.data.datasets import build_splits, check_channels
     from iiae.runs.trained import load_trained
 
     trained = load_trained(args.model)
@@ -134,21 +134,10 @@ def _trained_and_test_pairs(args: argparse.Namespace):
                         f"the model {trained.source}")  # fmt: skip
     config = trained.experiment_config(requested)
     splits = build_splits(config, for_training=False)
-    _check_channels(trained, splits.test)
-    return trained, splits, config
-
-
-def _check_channels(trained, test) -> None:  # noqa: ANN001
-    """DataError when the test images do not have the channels the model was built for."""
-    from iiae.errors import DataError
-
     model = trained.model.config
-    for domain, images, channels in (("X", test.x, model.x_channels), ("Y", test.y, model.y_channels)):
-        if images.ndim != 4 or images.shape[1] != channels:
-            raise DataError(
-                f"the test images of domain {domain} have shape {tuple(images.shape[1:])}, but the model "
-                f"{trained.source} expects {channels} channels: evaluate it on the data it was trained on"
-            )
+    check_channels(splits.test, model.x_channels, model.y_channels, f"the model {trained.source}",
+                   "evaluate it on the data it was trained on")  # fmt: skip
+    return trained, splits, config
 
 
 def _command_evaluate(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from iiae.core.config import DataConfig, ExperimentConfig, ModelConfig
 from iiae.data.cars import TEST_CARS, TRAIN_CARS, car_files, load_cars
 from iiae.data.download import ensure_pix2pix_dataset
 from iiae.data.paired_images import PairedImageFolder, scan_split, sorted_images
-from iiae.data.splits import PairedSplits, build_cdcb_splits, held_out_indices
+from iiae.data.splits import PairedImages, PairedSplits, build_cdcb_splits, held_out_indices
 from iiae.errors import ConfigError, DataError
 
 Builder = Callable[[DataConfig, ModelConfig], PairedSplits]
@@ -157,15 +157,16 @@ def build_splits(config: ExperimentConfig, *, for_training: bool = True) -> Pair
         if len(pairs) == 0:
             raise DataError(f"the {name} split of {splits.source} holds no pairs: a run needs training and test pairs")
     if for_training:  # evaluation checks the data against the loaded model instead (iiae.cli.main)
-        _check_channels(splits, config)
+        check_channels(splits.test, config.model.x_channels, config.model.y_channels, "the config's model",
+                       "set model.x_channels / model.y_channels to the data's or leave them out")  # fmt: skip
     return splits
 
 
-def _check_channels(splits: PairedSplits, config: ExperimentConfig) -> None:
-    """DataError, before any training, when the data's images do not have the channels the config's model takes
-    (``--set model.x_channels=1`` on colour pairs failed inside the first convolution)."""
-    for domain, images, channels in (("x", splits.test.x, config.model.x_channels),
-                                     ("y", splits.test.y, config.model.y_channels)):  # fmt: skip
-        if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] != channels:
-            raise DataError(f"the {domain.upper()} images of {splits.source} have {images.shape[1]} channels but "
-                            f"model.{domain}_channels is {channels}: set it to {images.shape[1]} or leave it out")
+def check_channels(test: PairedImages, x_channels: int, y_channels: int, expected_by: str, hint: str) -> None:
+    """DataError when the images of ``test`` do not have ``x_channels`` / ``y_channels`` channels (``expected_by``:
+    what asks for them, ``hint``: what to do), found before any training or evaluation (a mismatch failed inside
+    the first convolution). Folder pairs read lazily are checked when they are read."""
+    for domain, images, channels in (("X", test.x, x_channels), ("Y", test.y, y_channels)):
+        if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] != channels):
+            raise DataError(f"the test images of domain {domain} have shape {tuple(images.shape[1:])}, but "
+                            f"{expected_by} expects {channels} channels: {hint}")
