@@ -156,11 +156,10 @@ def _command_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--shift-split chooses the digits of the shift suite: give it with --shift-suite")
     shift_split = args.shift_split or "test"
     located, inputs = _model_inputs(args)
-    target = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else None
-    check_output(target or located.default_metrics_path(), inputs, owner=located.owner,
-                 replaces=[located.default_metrics_path()],
+    path = Path(args.json) if args.json else Path(args.out) / METRICS if args.out else located.default_metrics_path()
+    check_output(path, inputs, owner=located.owner, replaces=[located.default_metrics_path()],
                  what="--json" if args.json else "--out")  # fmt: skip
-    existing_metrics(target or located.default_metrics_path())  # not a JSON object: refused before any work
+    existing_metrics(path)  # not a JSON object: refused before any work
     trained, splits, config = _trained_and_test_pairs(args)
     table = evaluate_retrieval(trained.model, splits.test.x, splits.test.y, config.train.eval_batch_size)
     print(format_retrieval_table(table))
@@ -173,7 +172,6 @@ def _command_evaluate(args: argparse.Namespace) -> int:
                                             config.train.eval_batch_size, args.shift_pairs, shift_split)  # fmt: skip
         print(f"shift suite on {shift_split} digits:")
         print(format_shift_suite(shift_suite))
-    path = target or trained.default_metrics_path()
     written = write_metrics(path, table, trained, len(splits.test), splits.source, measures, shift_suite,
                             SHIFT_SUITE_KEYS[shift_split])  # fmt: skip
     print(f"wrote {path}")

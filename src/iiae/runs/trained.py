@@ -50,10 +50,6 @@ class TrainedModel:
     run_dir: Path | None  # the run folder, when the model belongs to one
     step: int | None  # training step of a checkpoint (None for an exported model folder)
 
-    def default_metrics_path(self) -> Path:
-        """Where ``iiae evaluate`` writes by default (:meth:`ModelPath.default_metrics_path`)."""
-        return ModelPath(self.source, self.run_dir).default_metrics_path()
-
     def experiment_config(self, config: ExperimentConfig) -> ExperimentConfig:
         """``config`` with the loaded model's own architecture (the data must be built at the model's image size)."""
         values = config.to_dict()
